@@ -1,0 +1,1 @@
+//! PLACEHOLDER: PyO3 binding

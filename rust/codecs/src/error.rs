@@ -1,0 +1,50 @@
+//! Codec errors. The binding maps each variant to a named Python exception.
+
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CodecError {
+    /// The type name is not one of [`crate::LAYOUTS`].
+    UnknownType(String),
+    /// The row length is zero or not a multiple of the block size.
+    RowLength { type_name: &'static str, row_len: usize, block_weights: usize },
+    /// The flat buffer does not hold a whole number of rows.
+    ShapeMismatch { len: usize, row_len: usize },
+    /// The byte buffer has the wrong length for the given shape.
+    ByteLength { expected: usize, got: usize },
+    /// The importance vector does not have one entry per column.
+    ImportanceLength { expected: usize, got: usize },
+    /// An importance weight is negative, NaN or infinite.
+    BadImportance { col: usize, value: f32 },
+    /// A weight is NaN or infinite (first one in row-major order).
+    NonFinite { row: usize, col: usize, value: f32 },
+}
+
+impl fmt::Display for CodecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CodecError::UnknownType(name) => write!(f, "unknown block type '{name}'"),
+            CodecError::RowLength { type_name, row_len, block_weights } => write!(
+                f,
+                "row length {row_len} is not a positive multiple of the {type_name} block size {block_weights}"
+            ),
+            CodecError::ShapeMismatch { len, row_len } => {
+                write!(f, "{len} values do not form whole rows of {row_len}")
+            }
+            CodecError::ByteLength { expected, got } => {
+                write!(f, "expected {expected} bytes for this shape, got {got}")
+            }
+            CodecError::ImportanceLength { expected, got } => {
+                write!(f, "importance has {got} entries, expected one per column ({expected})")
+            }
+            CodecError::BadImportance { col, value } => {
+                write!(f, "importance weight at column {col} is {value}; weights must be finite and >= 0")
+            }
+            CodecError::NonFinite { row, col, value } => {
+                write!(f, "non-finite weight {value} at row {row}, column {col}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for CodecError {}

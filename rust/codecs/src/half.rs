@@ -1,0 +1,1 @@
+//! PLACEHOLDER: f16 conversions

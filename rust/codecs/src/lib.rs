@@ -1,0 +1,139 @@
+//! GGUF block codecs: encode (with optional per-column importance) and decode.
+//!
+//! This crate has no Python dependency; `cargo test` runs it alone. The PyO3
+//! binding in `rust/binding` is a thin wrapper over [`quantize_rows`] and
+//! [`dequantize_rows`].
+//!
+//! Every codec works on whole rows whose length is a multiple of the type's
+//! block size. Rows are independent, so [`quantize_rows`] spreads them over
+//! rayon threads and the output does not depend on the thread count.
+
+pub mod error;
+pub mod half;
+pub mod layout;
+
+mod float;
+mod iq1;
+mod iq2xxs;
+mod iq4nl;
+mod iq_grids;
+mod kquants;
+mod kquants_low;
+mod legacy;
+mod ternary;
+
+pub use error::CodecError;
+pub use layout::{BlockLayout, BlockType, LAYOUTS};
+
+use rayon::prelude::*;
+
+/// Encode one row. `src.len()` is a multiple of the block size, `dst` has
+/// exactly `row_bytes(src.len())` bytes, and `importance` (if any) has one
+/// non-negative weight per column.
+type RowEncoder = fn(src: &[f32], importance: Option<&[f32]>, dst: &mut [u8]);
+/// Decode one row of `dst.len()` weights from `src`.
+type RowDecoder = fn(src: &[u8], dst: &mut [f32]);
+
+fn codec(t: BlockType) -> (RowEncoder, RowDecoder) {
+    use BlockType::*;
+    match t {
+        F32 => (float::encode_f32, float::decode_f32),
+        F16 => (float::encode_f16, float::decode_f16),
+        BF16 => (float::encode_bf16, float::decode_bf16),
+        Q8_0 => (legacy::encode_q8_0, legacy::decode_q8_0),
+        Q4_0 => (legacy::encode_q4_0, legacy::decode_q4_0),
+        Q4_1 => (legacy::encode_q4_1, legacy::decode_q4_1),
+        Q5_0 => (legacy::encode_q5_0, legacy::decode_q5_0),
+        Q5_1 => (legacy::encode_q5_1, legacy::decode_q5_1),
+        Q2_K => (kquants_low::encode_q2_k, kquants_low::decode_q2_k),
+        Q3_K => (kquants_low::encode_q3_k, kquants_low::decode_q3_k),
+        Q4_K => (kquants::encode_q4_k, kquants::decode_q4_k),
+        Q5_K => (kquants::encode_q5_k, kquants::decode_q5_k),
+        Q6_K => (kquants::encode_q6_k, kquants::decode_q6_k),
+        IQ4_NL => (iq4nl::encode_iq4_nl, iq4nl::decode_iq4_nl),
+        IQ2_XXS => (iq2xxs::encode_iq2_xxs, iq2xxs::decode_iq2_xxs),
+        IQ1_S => (iq1::encode_iq1_s, iq1::decode_iq1_s),
+        IQ1_M => (iq1::encode_iq1_m, iq1::decode_iq1_m),
+        TQ1_0 => (ternary::encode_tq1_0, ternary::decode_tq1_0),
+        TQ2_0 => (ternary::encode_tq2_0, ternary::decode_tq2_0),
+    }
+}
+
+fn check_row_len(t: BlockType, row_len: usize) -> Result<(), CodecError> {
+    let bs = t.layout().block_weights;
+    if row_len == 0 || row_len % bs != 0 {
+        return Err(CodecError::RowLength { type_name: t.name(), row_len, block_weights: bs });
+    }
+    Ok(())
+}
+
+fn check_importance(importance: Option<&[f32]>, row_len: usize) -> Result<(), CodecError> {
+    if let Some(w) = importance {
+        if w.len() != row_len {
+            return Err(CodecError::ImportanceLength { expected: row_len, got: w.len() });
+        }
+        if let Some((col, &value)) = w.iter().enumerate().find(|(_, v)| !v.is_finite() || **v < 0.0) {
+            return Err(CodecError::BadImportance { col, value });
+        }
+    }
+    Ok(())
+}
+
+/// First non-finite value in row-major order, so the error is deterministic.
+fn find_non_finite(data: &[f32], row_len: usize) -> Option<(usize, usize, f32)> {
+    data.iter()
+        .position(|v| !v.is_finite())
+        .map(|i| (i / row_len, i % row_len, data[i]))
+}
+
+/// Bytes needed for one row of `row_len` weights of type `t`.
+pub fn row_bytes(t: BlockType, row_len: usize) -> Result<usize, CodecError> {
+    check_row_len(t, row_len)?;
+    let l = t.layout();
+    Ok(row_len / l.block_weights * l.block_bytes)
+}
+
+/// Encode `data` (`n_rows * row_len` floats, row-major) into `out`
+/// (`n_rows * row_bytes` bytes). Rows run in parallel on the current rayon pool.
+pub fn quantize_rows(
+    t: BlockType,
+    data: &[f32],
+    row_len: usize,
+    importance: Option<&[f32]>,
+    out: &mut [u8],
+) -> Result<(), CodecError> {
+    let rb = row_bytes(t, row_len)?;
+    if data.len() % row_len != 0 {
+        return Err(CodecError::ShapeMismatch { len: data.len(), row_len });
+    }
+    let n_rows = data.len() / row_len;
+    if out.len() != n_rows * rb {
+        return Err(CodecError::ByteLength { expected: n_rows * rb, got: out.len() });
+    }
+    check_importance(importance, row_len)?;
+    if let Some((row, col, value)) = find_non_finite(data, row_len) {
+        return Err(CodecError::NonFinite { row, col, value });
+    }
+    let (encode, _) = codec(t);
+    out.par_chunks_mut(rb)
+        .zip(data.par_chunks(row_len))
+        .for_each(|(dst, src)| encode(src, importance, dst));
+    Ok(())
+}
+
+/// Decode `bytes` (whole rows of type `t`) into `out` (`n_rows * row_len` floats).
+pub fn dequantize_rows(t: BlockType, bytes: &[u8], row_len: usize, out: &mut [f32]) -> Result<(), CodecError> {
+    let rb = row_bytes(t, row_len)?;
+    if out.len() % row_len != 0 {
+        return Err(CodecError::ShapeMismatch { len: out.len(), row_len });
+    }
+    let n_rows = out.len() / row_len;
+    if bytes.len() != n_rows * rb {
+        return Err(CodecError::ByteLength { expected: n_rows * rb, got: bytes.len() });
+    }
+    let (_, decode) = codec(t);
+    out.par_chunks_mut(row_len)
+        .zip(bytes.par_chunks(rb))
+        .for_each(|(dst, src)| decode(src, dst));
+    Ok(())
+}
