@@ -27,10 +27,18 @@ pub use layout::{BlockLayout, BlockType, LAYOUTS};
 
 use rayon::prelude::*;
 
+/// Options that change how a row is encoded (never how it is decoded).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EncodeOptions {
+    /// Ternary types (TQ1_0, TQ2_0): scale each block by the mean of |x|
+    /// (BitNet b1.58) instead of the format's default max |x|.
+    pub ternary_absmean: bool,
+}
+
 /// Encode one row. `src.len()` is a multiple of the block size, `dst` has
 /// exactly `row_bytes(src.len())` bytes, and `importance` (if any) has one
-/// non-negative weight per column.
-type RowEncoder = fn(src: &[f32], importance: Option<&[f32]>, dst: &mut [u8]);
+/// finite, non-negative weight per column.
+type RowEncoder = fn(src: &[f32], importance: Option<&[f32]>, opts: &EncodeOptions, dst: &mut [u8]);
 /// Decode one row of `dst.len()` weights from `src`.
 type RowDecoder = fn(src: &[u8], dst: &mut [f32]);
 
@@ -100,6 +108,7 @@ pub fn quantize_rows(
     data: &[f32],
     row_len: usize,
     importance: Option<&[f32]>,
+    opts: &EncodeOptions,
     out: &mut [u8],
 ) -> Result<(), CodecError> {
     let rb = row_bytes(t, row_len)?;
@@ -117,7 +126,7 @@ pub fn quantize_rows(
     let (encode, _) = codec(t);
     out.par_chunks_mut(rb)
         .zip(data.par_chunks(row_len))
-        .for_each(|(dst, src)| encode(src, importance, dst));
+        .for_each(|(dst, src)| encode(src, importance, opts, dst));
     Ok(())
 }
 
