@@ -1,0 +1,131 @@
+"""Compile a quantization spec against a model's headers into a :class:`Plan`.
+
+Reads no weights: shapes come from the safetensors headers and config.json,
+so compiling a 70B model takes well under a second.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+from ..blocktypes import NEEDS_IMATRIX, fallback_for, layout
+from ..errors import PlanError
+from .mixtures import MIXTURES, TensorContext, get_mixture, mixture_type
+from .model import Plan, PlanEntry
+from .rules import Rule, RuleSet
+
+if TYPE_CHECKING:
+    from ..models import ModelSource
+
+_LAYER = re.compile(r"^blk\.(\d+)\.")
+
+#: ``general.file_type`` for a uniform single type that is not itself a mixture name.
+_SINGLE_TYPE_FILE_TYPE = {"Q4_K": 14, "Q5_K": 16, "Q3_K": 11, "IQ4_NL": 25, "F32": 0}
+_GUESSED_FILE_TYPE = 1024
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """What decides the types: a mixture, a default type and rules."""
+
+    mixture: str | None = None
+    default: str | None = None
+    rules: tuple[Rule, ...] = ()
+
+    def base_type(self) -> str:
+        if self.default:
+            return self.default
+        if self.mixture:
+            return get_mixture(self.mixture).base_type
+        raise PlanError("no quantization type given", hint="set quantization.mixture or quantization.default")
+
+    def file_type(self) -> int:
+        if self.mixture:
+            return get_mixture(self.mixture).file_type
+        base = self.base_type()
+        if base in MIXTURES:
+            return MIXTURES[base].file_type
+        return _SINGLE_TYPE_FILE_TYPE.get(base, _GUESSED_FILE_TYPE)
+
+
+def is_quantizable(gguf_name: str, shape: Sequence[int]) -> bool:
+    """llama.cpp quantizes 2-D weights only, never norms or MoE routers."""
+    return len(shape) == 2 and "norm" not in gguf_name and "ffn_gate_inp" not in gguf_name
+
+
+def _layer_of(gguf_name: str) -> int | None:
+    m = _LAYER.match(gguf_name)
+    return int(m.group(1)) if m else None
+
+
+def compile_plan(
+    source: ModelSource,
+    spec: PlanSpec,
+    *,
+    model_ref: str,
+    recipe_text: str | None = None,
+    recipe_path: str | None = None,
+    options: dict | None = None,
+) -> Plan:
+    """Choose a type for every tensor of ``source`` and size the result."""
+    for rule in spec.rules:
+        layout(rule.type)  # unknown type names fail loudly with the allowed list
+    base = spec.base_type()
+    layout(base)
+    mixture = get_mixture(spec.mixture) if spec.mixture else None
+    arch = source.arch
+    names = {t.gguf_name for t in source.tensors}
+    has_output = "output.weight" in names
+    n_gqa = max(1, arch.n_head // max(1, arch.n_head_kv))
+    ruleset = RuleSet(list(spec.rules))
+
+    entries = []
+    for info in source.tensors:
+        shape = tuple(int(d) for d in info.shape)
+        n_params = 1
+        for d in shape:
+            n_params *= d
+        if not is_quantizable(info.gguf_name, shape):
+            requested, chosen_by = "F32", "not quantized (1-D or norm)"
+        else:
+            rule = ruleset.match(info.gguf_name, info.hf_name)
+            if rule is not None:
+                requested, chosen_by = rule.type, f"{rule.origin} {rule.pattern!r}"
+            elif mixture is not None:
+                ctx = TensorContext(info.gguf_name, shape[-1], _layer_of(info.gguf_name), arch.n_layers, n_gqa, has_output)
+                requested, chosen_by = mixture_type(mixture, base, ctx)
+            else:
+                requested, chosen_by = base, "default"
+        final = fallback_for(requested, shape[-1])
+        if final != requested:
+            chosen_by += f"; rows of {shape[-1]} do not fit {requested} blocks of {layout(requested).block_weights}, fallback {final}"
+        n_rows = n_params // shape[-1]
+        entries.append(
+            PlanEntry(
+                gguf_name=info.gguf_name,
+                hf_name=info.hf_name,
+                shape=shape,
+                source_dtype=info.dtype,
+                type=final,
+                requested_type=requested,
+                chosen_by=chosen_by,
+                n_params=n_params,
+                n_bytes=n_rows * layout(final).row_bytes(shape[-1]),
+            )
+        )
+    return Plan(
+        model=model_ref,
+        model_path=str(source.path),
+        model_fingerprint=source.fingerprint(),
+        arch=str(arch.gguf_arch_name),
+        mixture=spec.mixture,
+        file_type=spec.file_type(),
+        entries=tuple(entries),
+        unused_rules=tuple(f"{r.origin} {r.pattern!r} -> {r.type}" for r in ruleset.unused()),
+        needs_imatrix=tuple(e.gguf_name for e in entries if e.type in NEEDS_IMATRIX),
+        recipe_text=recipe_text,
+        recipe_path=recipe_path,
+        options=dict(options or {}),
+    )
