@@ -1,0 +1,80 @@
+"""Synthetic model folders for benchmarks: real headers, sparse (unallocated) data.
+
+A 70B-shaped llama folder takes a few kilobytes of disk: each shard's
+safetensors header is real and the file is extended with ``truncate`` to the
+size the header promises, so readers that check offsets against the file size
+accept it, and nothing reads the (zero) data during a compile.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+LLAMA_70B = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 8192,
+    "intermediate_size": 28672,
+    "num_hidden_layers": 80,
+    "num_attention_heads": 64,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+}
+
+
+def llama_tensor_shapes(cfg: dict) -> dict[str, list[int]]:
+    """HF tensor names and shapes of a dense llama model."""
+    h, f, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
+    shapes = {"model.embed_tokens.weight": [v, h], "model.norm.weight": [h], "lm_head.weight": [v, h]}
+    for i in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        shapes.update({
+            p + "input_layernorm.weight": [h],
+            p + "post_attention_layernorm.weight": [h],
+            p + "self_attn.q_proj.weight": [h, h],
+            p + "self_attn.k_proj.weight": [kv, h],
+            p + "self_attn.v_proj.weight": [kv, h],
+            p + "self_attn.o_proj.weight": [h, h],
+            p + "mlp.gate_proj.weight": [f, h],
+            p + "mlp.up_proj.weight": [f, h],
+            p + "mlp.down_proj.weight": [h, f],
+        })
+    return shapes
+
+
+def write_sparse_model(folder: Path, cfg: dict = LLAMA_70B, n_shards: int = 30, dtype: str = "BF16") -> Path:
+    """Write config.json, sharded safetensors headers (sparse data) and the index."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(cfg, indent=1))
+    shapes = list(llama_tensor_shapes(cfg).items())
+    per_shard = -(-len(shapes) // n_shards)
+    weight_map = {}
+    itemsize = 2 if dtype in ("BF16", "F16") else 4
+    for s in range(n_shards):
+        chunk = shapes[s * per_shard : (s + 1) * per_shard]
+        if not chunk:
+            break
+        name = f"model-{s + 1:05d}-of-{n_shards:05d}.safetensors"
+        header, offset = {}, 0
+        for tname, shape in chunk:
+            n = itemsize
+            for d in shape:
+                n *= d
+            header[tname] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
+            offset += n
+            weight_map[tname] = name
+        raw = json.dumps(header).encode()
+        raw += b" " * (-len(raw) % 8)
+        with open(folder / name, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)) + raw)
+            f.truncate(8 + len(raw) + offset)
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return folder
