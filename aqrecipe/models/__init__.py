@@ -1,0 +1,24 @@
+"""Model sources: Hugging Face folders read lazily, the demo model, GGUF names.
+
+``import aqrecipe.models`` does not import torch; only materialising the demo
+model does.
+"""
+
+from .architectures import ARCHITECTURES, ArchInfo, supported_model_types
+from .demo import demo_dir, materialize_demo
+from .source import ModelSource, TensorInfo, open_folder, open_model
+from .transforms import permute_rope_rows, unpermute_rope_rows
+
+__all__ = [
+    "ARCHITECTURES",
+    "ArchInfo",
+    "ModelSource",
+    "TensorInfo",
+    "demo_dir",
+    "materialize_demo",
+    "open_folder",
+    "open_model",
+    "permute_rope_rows",
+    "supported_model_types",
+    "unpermute_rope_rows",
+]

@@ -1,0 +1,74 @@
+"""Locating config.json and the safetensors files of an HF folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import CorruptFileError, ModelError
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+def load_config(folder: Path) -> dict[str, Any]:
+    """Parse ``folder/config.json``; ModelError if the folder or file is missing."""
+    if not folder.is_dir():
+        raise ModelError(
+            f"model folder {folder} does not exist",
+            hint="pass 'demo' or the path of a local Hugging Face model folder",
+        )
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise ModelError(
+            f"{folder} has no config.json",
+            hint="a Hugging Face model folder needs config.json next to its safetensors files",
+        )
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CorruptFileError(f"{config_path} is not valid JSON ({exc})", hint="restore config.json") from None
+    if not isinstance(config, dict):
+        raise CorruptFileError(f"{config_path} is not a JSON object", hint="restore config.json")
+    return config
+
+
+def find_weight_files(folder: Path) -> list[Path]:
+    """The safetensors files of a folder, single-file or sharded (via the index)."""
+    index_path = folder / INDEX_FILE
+    if index_path.is_file():
+        return _files_from_index(folder, index_path)
+    single = folder / SINGLE_FILE
+    if single.is_file():
+        return [single]
+    others = sorted(folder.glob("*.safetensors"))
+    if others:
+        return others
+    raise ModelError(
+        f"{folder} has no safetensors weights",
+        hint="aqrecipe reads model.safetensors or sharded model-*.safetensors with their index; "
+        "convert .bin checkpoints with transformers' save_pretrained(safe_serialization=True)",
+    )
+
+
+def _files_from_index(folder: Path, index_path: Path) -> list[Path]:
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        weight_map = index["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+        raise CorruptFileError(
+            f"{index_path} is not a valid safetensors index (no weight_map)",
+            hint="restore the index file from the model repository",
+        ) from None
+    files = []
+    for shard in shards:
+        shard_path = folder / shard
+        if not shard_path.is_file():
+            raise ModelError(
+                f"shard {shard} named in {index_path.name} is missing from {folder}",
+                hint="download every shard listed in the index",
+            )
+        files.append(shard_path)
+    return files
