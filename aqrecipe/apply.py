@@ -1,0 +1,178 @@
+"""``apply``: execute a plan: pack every tensor with the Rust codecs, write the GGUF, evaluate.
+
+Stages run in order; each one only reads what the previous ones produced.
+The output is written to a temporary file and renamed, so a failed run
+leaves no partial output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from .errors import PlanError
+from .fileio import atomic_write_text, check_output_folder
+from .plan import Plan, PlanSpec, Rule, compile_plan, load_plan
+from .recipe import Recipe, load_recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What an apply produced: the output file, its plan and the quality numbers."""
+
+    output: Path
+    plan: Plan
+    output_bytes: int
+    seconds: dict[str, float]
+    quality: dict[str, Any] | None = None
+    report_path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "output": str(self.output),
+            "output_bytes": self.output_bytes,
+            "plan_sha256": self.plan.sha256(),
+            "bits_per_weight": round(self.plan.bits_per_weight, 4),
+            "compression_ratio_vs_f16": round(self.plan.compression_ratio, 4),
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+            "quality": self.quality,
+            "report": str(self.report_path) if self.report_path else None,
+            **self.extra,
+        }
+
+
+def recipe_rules(recipe: Recipe) -> list[Rule]:
+    """The recipe's tensor rules as plan rules (origin names the list index)."""
+    return [
+        Rule(pattern=r.match_text, type=r.type, kind=r.kind, origin=f"rules[{r.index}]")
+        for r in recipe.quantization.rules
+    ]
+
+
+def plan_from_recipe(recipe: Recipe, *, extra_rules: Sequence[Rule] = (), model_override: str | None = None) -> Plan:
+    """Open the recipe's model (headers only) and compile the plan.
+
+    CLI rules (``--set``) come before the recipe's, so they win within a kind.
+    """
+    from .models import open_model
+
+    model_ref = model_override or recipe.model
+    base_dir = recipe.source_path.parent if recipe.source_path else None
+    source = open_model(model_ref, base_dir=base_dir)
+    spec = PlanSpec(
+        mixture=recipe.quantization.mixture,
+        default=recipe.quantization.default,
+        rules=tuple(extra_rules) + tuple(recipe_rules(recipe)),
+    )
+    return compile_plan(
+        source,
+        spec,
+        model_ref=model_ref,
+        recipe_text=recipe.source_text,
+        recipe_path=str(recipe.source_path) if recipe.source_path else None,
+    )
+
+
+def load_target(target: Path, *, extra_rules: Sequence[Rule] = ()) -> tuple[Plan, Recipe | None]:
+    """A recipe (.yaml/.yml) is compiled; a plan (.json) is read as it is."""
+    if target.suffix == ".json":
+        if extra_rules:
+            raise PlanError("--set cannot change a compiled plan", hint="pass the recipe instead, or recompile")
+        plan = load_plan(target)
+        recipe = None
+        if plan.recipe_text is not None:
+            from .recipe import parse_recipe
+
+            recipe = parse_recipe(plan.recipe_text, source_path=Path(plan.recipe_path) if plan.recipe_path else None)
+        return plan, recipe
+    recipe = load_recipe(target)
+    return plan_from_recipe(recipe, extra_rules=extra_rules), recipe
+
+
+def write_plan_gguf(plan: Plan, dest: Path, *, imatrix: Any = None) -> None:
+    """Pack and write every tensor of ``plan`` into ``dest`` (atomic)."""
+    from .gguf_out import PlannedTensor, write_gguf
+    from .models import open_model
+    from .pack import pack_entry
+
+    source = open_model(plan.model_path)
+    if source.fingerprint() != plan.model_fingerprint:
+        raise PlanError(
+            f"the model at {plan.model_path} changed since the plan was compiled",
+            hint="recompile the recipe (aqrecipe compile) and apply the new plan",
+        )
+    entries = {e.gguf_name: e for e in plan.entries}
+    planned = [PlannedTensor(e.gguf_name, e.hf_name, e.shape, e.type) for e in plan.entries]
+
+    def produce(t: PlannedTensor):
+        entry = entries[t.gguf_name]
+        importance = imatrix.importance(entry.gguf_name) if imatrix is not None and entry.quantized else None
+        return pack_entry(source, entry, importance)
+
+    metadata = {"aqrecipe.version": plan.tool_version, "aqrecipe.plan_sha256": plan.sha256()}
+    if plan.recipe_text is not None:
+        metadata["aqrecipe.recipe"] = plan.recipe_text
+    write_gguf(dest, source, planned, produce, metadata, plan.file_type)
+
+
+def run_apply(
+    plan: Plan,
+    recipe: Recipe | None,
+    dest: Path,
+    *,
+    evaluate: bool | None = None,
+    report_path: Path | None = None,
+) -> ApplyResult:
+    """Run the stages for a compiled plan and write ``dest`` (and the report)."""
+    check_output_folder(dest)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    log.info("packing %d tensors (%s, %.3f bpw) -> %s", len(plan.entries), plan.mixture or "custom", plan.bits_per_weight, dest)
+    write_plan_gguf(plan, dest)
+    seconds["pack_and_write"] = time.perf_counter() - t0
+
+    quality = None
+    eval_spec = recipe.evaluation if recipe is not None else None
+    do_eval = evaluate if evaluate is not None else bool(eval_spec and eval_spec.enabled)
+    if do_eval:
+        t1 = time.perf_counter()
+        quality = evaluate_output(plan, dest, eval_spec, recipe)
+        seconds["evaluate"] = time.perf_counter() - t1
+    result = ApplyResult(output=dest, plan=plan, output_bytes=dest.stat().st_size, seconds=seconds, quality=quality)
+    if report_path is not None:
+        write_report(result, report_path)
+        result = ApplyResult(**{**result.__dict__, "report_path": report_path})
+    return result
+
+
+def evaluate_output(plan: Plan, dest: Path, eval_spec: Any, recipe: Recipe | None) -> dict[str, Any]:
+    """Quality of the written GGUF against the unquantized model (F16 GGUF reference in llama.cpp)."""
+    from .evaluate import evaluate
+    from .reference import reference_gguf
+
+    reference = reference_gguf(plan.model_path)
+    text = None
+    if eval_spec is not None and eval_spec.text:
+        text = recipe.resolve_path(eval_spec.text) if recipe is not None else Path(eval_spec.text)
+    report = evaluate(
+        dest,
+        reference=reference,
+        text=text,
+        chunks=eval_spec.chunks if eval_spec else 16,
+        context=eval_spec.context if eval_spec else 512,
+    )
+    return report.to_dict()
+
+
+def write_report(result: ApplyResult, path: Path) -> None:
+    """The run's JSON report: output, plan totals, per-tensor types and quality (atomic)."""
+    data = result.to_dict()
+    data["plan"] = result.plan.to_dict()
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True))

@@ -1,0 +1,285 @@
+"""The ``aqrecipe`` command line: ``main(argv) -> int``.
+
+User mistakes (an :class:`~aqrecipe.errors.AqrecipeError`) print a message and
+a hint, never a traceback, and exit with code 2. ``--json`` prints one JSON
+document on stdout; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import __version__
+from .errors import EXIT_OK, EXIT_USER_ERROR, AqrecipeError, RecipeError
+
+log = logging.getLogger("aqrecipe")
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    print(json.dumps(data, indent=1, sort_keys=True) if args.json else text)
+
+
+def _set_rules(args: argparse.Namespace) -> list:
+    from .plan import parse_set_option
+
+    return [parse_set_option(s) for s in getattr(args, "set", None) or []]
+
+
+# --- validate / compile ---------------------------------------------------------
+def _model_issues(recipe: Any, plan: Any) -> list:
+    """Model-aware recipe problems (rules that match nothing) as positioned issues."""
+    issues = []
+    for text in plan.unused_rules:
+        if text.startswith("rules["):
+            index = int(text[len("rules[") : text.index("]")])
+            rule = recipe.quantization.rules[index]
+            issues.append(
+                recipe.issue_at(
+                    f"$.quantization.rules[{index}].match",
+                    "R201",
+                    f"rule {rule.match_text!r} matches no tensor of the model",
+                    value=rule.match_text,
+                    allowed="a GGUF name such as blk.0.attn_v.weight or an HF name; see `aqrecipe compile`",
+                )
+            )
+    return issues
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .apply import plan_from_recipe
+    from .errors import ModelError
+    from .recipe import load_recipe
+
+    recipe = load_recipe(Path(args.recipe))
+    issues = []
+    if not args.schema_only:
+        try:
+            plan = plan_from_recipe(recipe, model_override=args.model)
+            issues = _model_issues(recipe, plan)
+        except ModelError as exc:
+            issues = [recipe.issue_at("$.model", "R202", str(exc.message), value=recipe.model, allowed=exc.hint)]
+    if issues:
+        raise RecipeError(f"{args.recipe}: {len(issues)} problem(s) found", issues=issues)
+    _emit(args, {"valid": True, "recipe": args.recipe}, f"{args.recipe}: valid")
+    return EXIT_OK
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .apply import plan_from_recipe
+    from .fileio import atomic_write_text
+    from .plan import render_plan
+    from .recipe import load_recipe
+
+    recipe = load_recipe(Path(args.recipe))
+    plan = plan_from_recipe(recipe, extra_rules=_set_rules(args), model_override=args.model)
+    for issue in _model_issues(recipe, plan):
+        log.warning("%s", issue.format())
+    if args.output:
+        atomic_write_text(Path(args.output), plan.to_json())
+        log.info("plan written to %s (sha256 %s)", args.output, plan.sha256()[:16])
+    _emit(args, plan.to_dict(), render_plan(plan, verbose=not args.summary))
+    return EXIT_OK
+
+
+# --- apply / quantize --------------------------------------------------------------
+def _print_apply(args: argparse.Namespace, result: Any) -> None:
+    from .evaluate import format_report_table
+    from .plan import human_bytes, render_plan
+
+    lines = [render_plan(result.plan, verbose=False), f"wrote {result.output} ({human_bytes(result.output_bytes)})"]
+    if result.quality:
+        from .evaluate import QualityReport
+
+        lines.append(format_report_table(QualityReport.from_dict(result.quality)))
+    if result.report_path:
+        lines.append(f"report: {result.report_path}")
+    _emit(args, result.to_dict(), "\n".join(lines))
+
+
+def _eval_flag(args: argparse.Namespace) -> bool | None:
+    return False if args.no_eval else (True if args.eval else None)
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from .apply import load_target, run_apply
+
+    plan, recipe = load_target(Path(args.target), extra_rules=_set_rules(args))
+    dest = args.output or (recipe.resolve_path(recipe.output.path) if recipe and recipe.output.path else None)
+    if dest is None:
+        raise AqrecipeError("no output path", hint="pass -o OUT.gguf or set output.path in the recipe", code="AQ701")
+    result = run_apply(plan, recipe, Path(dest), evaluate=_eval_flag(args), report_path=args.report and Path(args.report))
+    _print_apply(args, result)
+    return EXIT_OK
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .apply import run_apply
+    from .shortcut import shortcut_recipe
+
+    recipe = shortcut_recipe(args.model, args.type, set_options=args.set or [], output=args.output)
+    if args.emit_recipe:
+        from .recipe import dump_recipe_yaml
+
+        print(dump_recipe_yaml(recipe), end="")
+        return EXIT_OK
+    if not args.output:
+        raise AqrecipeError("no output path", hint="pass -o OUT.gguf (or --emit-recipe to print the recipe)", code="AQ701")
+    from .apply import plan_from_recipe
+
+    plan = plan_from_recipe(recipe)
+    result = run_apply(plan, recipe, Path(args.output), evaluate=_eval_flag(args), report_path=args.report and Path(args.report))
+    _print_apply(args, result)
+    return EXIT_OK
+
+
+# --- eval / inspect ------------------------------------------------------------------
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, format_report_table
+
+    report = evaluate(
+        args.model,
+        reference=args.reference,
+        text=Path(args.text) if args.text else None,
+        chunks=args.chunks,
+        context=args.context,
+    )
+    _emit(args, report.to_dict(), format_report_table(report))
+    return EXIT_OK
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect_file import inspect_path
+
+    data, text = inspect_path(Path(args.path))
+    _emit(args, data, text)
+    return EXIT_OK
+
+
+def cmd_imatrix(args: argparse.Namespace) -> int:
+    from .imatrix.cli import run_imatrix_command
+
+    return run_imatrix_command(args)
+
+
+# --- parser ----------------------------------------------------------------------------
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _add_eval_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--eval", action="store_true", help="evaluate the output (PPL, KLD, top-1)")
+    g.add_argument("--no-eval", action="store_true", help="skip evaluation even if the recipe asks for it")
+    p.add_argument("--report", help="write the run's JSON report here")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aqrecipe", description="LLM quantization compiler: recipe -> plan -> GGUF.")
+    parser.add_argument("--version", action="version", version=f"aqrecipe {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        _add_common(p)
+        return p
+
+    p = add("validate", cmd_validate, "check a recipe against the schema and the model")
+    p.add_argument("recipe")
+    p.add_argument("--model", help="override the recipe's model")
+    p.add_argument("--schema-only", action="store_true", help="skip the checks that open the model")
+
+    p = add("compile", cmd_compile, "print the execution plan: per-tensor types, bytes, rules, totals")
+    p.add_argument("recipe")
+    p.add_argument("--model", help="override the recipe's model")
+    p.add_argument("-o", "--output", help="write the plan as JSON (input for apply)")
+    p.add_argument("--set", action="append", metavar="PATTERN=TYPE", help="extra rule, before the recipe's")
+    p.add_argument("--summary", action="store_true", help="totals only, no per-tensor table")
+
+    p = add("apply", cmd_apply, "run a recipe or a compiled plan and write the quantized model")
+    p.add_argument("target", help="recipe.yaml or plan.json")
+    p.add_argument("-o", "--output", help="output file (overrides output.path)")
+    p.add_argument("--set", action="append", metavar="PATTERN=TYPE", help="extra rule, before the recipe's")
+    _add_eval_flags(p)
+
+    p = add("quantize", cmd_quantize, "llama-quantize-like shortcut: MODEL --type T -o OUT")
+    p.add_argument("model", help="'demo' or a Hugging Face model folder")
+    p.add_argument("--type", "-t", required=True, help="a llama.cpp file type (Q4_K_M, Q8_0, ...) or a block type")
+    p.add_argument("-o", "--output", help="output .gguf")
+    p.add_argument("--set", action="append", metavar="PATTERN=TYPE", help="per-tensor override")
+    p.add_argument("--emit-recipe", action="store_true", help="print the equivalent recipe and exit")
+    _add_eval_flags(p)
+
+    p = add("eval", cmd_eval, "perplexity, KL divergence and top-1 agreement of a model")
+    p.add_argument("model", help="a .gguf file, a Hugging Face folder or 'demo'")
+    p.add_argument("--reference", help="the unquantized model to compare against")
+    p.add_argument("--text", help="evaluation text file (default: built-in Wikipedia eval split)")
+    p.add_argument("--chunks", type=int, default=16, help="number of windows (default 16)")
+    p.add_argument("--context", type=int, default=512, help="tokens per window (default 512)")
+
+    p = add("inspect", cmd_inspect, "describe a GGUF file, a plan or an imatrix")
+    p.add_argument("path")
+
+    p = sub.add_parser("imatrix", help="compute, show or convert importance matrices")
+    p.set_defaults(func=cmd_imatrix)
+    _add_common(p)
+    try:
+        from .imatrix.cli import add_imatrix_arguments
+
+        add_imatrix_arguments(p)
+    except ImportError:  # the imatrix stage is optional at parse time
+        pass
+    return parser
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    level = logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    if getattr(args, "verbose", False):
+        level = logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+
+
+def _print_error(exc: AqrecipeError, as_json: bool) -> None:
+    if as_json:
+        payload: dict[str, Any] = {"error": {"code": exc.code, "type": type(exc).__name__, "message": exc.message, "hint": exc.hint}}
+        if isinstance(exc, RecipeError):
+            payload["error"]["issues"] = [i.to_dict() for i in exc.issues]
+        print(json.dumps(payload, indent=1, sort_keys=True))
+        return
+    print(f"error[{exc.code}]: {exc.message}", file=sys.stderr)
+    if isinstance(exc, RecipeError):
+        for issue in exc.issues:
+            print(f"  {issue.format()}", file=sys.stderr)
+    if exc.hint:
+        print(f"  hint: {exc.hint}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args)
+    try:
+        return args.func(args)
+    except AqrecipeError as exc:
+        _print_error(exc, getattr(args, "json", False))
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def entry_point() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()
