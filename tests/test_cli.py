@@ -1,0 +1,146 @@
+"""The command line end to end on a tiny model: exit codes, messages, bytes on disk."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import gguf
+import pytest
+
+from aqrecipe.cli import main
+from aqrecipe.recipe import parse_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _recipe(tmp_path: Path, model: Path, quantization: str, name: str = "r.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(f"version: 1\nmodel: {model}\nquantization:\n{quantization}evaluation:\n  enabled: false\n")
+    return path
+
+
+def test_validate_good_recipe_schema_only(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(ROOT / "recipes" / "q4_k_m.yaml"), "--schema-only"]) == 0
+    assert "valid" in capsys.readouterr().out
+
+
+def test_validate_bad_recipe_exit_2_with_line_and_no_traceback(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nmodel: demo\nquantization:\n  mixture: Q4_K_X\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "aqrecipe.cli", "validate", str(bad)], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.returncode == 2
+    assert "bad.yaml:4:12: R106" in proc.stderr
+    assert "Q4_K_X" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_validate_reports_rule_matching_nothing_with_its_line(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    path = _recipe(tmp_path, tiny_llama_dir, "  default: Q8_0\n  rules:\n    - match: blk.9.attn_v.weight\n      type: Q8_0\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "aqrecipe.cli", "validate", str(path), "--json"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    issues = json.loads(proc.stdout)["error"]["issues"]
+    assert [(i["code"], i["line"]) for i in issues] == [("R201", 6)]
+
+
+def test_validate_missing_model_is_positioned(tmp_path: Path) -> None:
+    path = _recipe(tmp_path, tmp_path / "nope", "  default: Q8_0\n")
+    proc = subprocess.run([sys.executable, "-m", "aqrecipe.cli", "validate", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "r.yaml:2:8: R202" in proc.stderr
+
+
+def test_compile_json_and_plan_file(tiny_llama_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _recipe(tmp_path, tiny_llama_dir, "  mixture: Q8_0\n")
+    plan_path = tmp_path / "plan.json"
+    assert main(["compile", str(path), "--json", "-o", str(plan_path)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["totals"]["n_params"] == sum(e["n_params"] for e in data["entries"])
+    assert json.loads(plan_path.read_text())["entries"] == data["entries"]
+
+
+def test_compile_set_overrides_recipe(tiny_llama_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _recipe(tmp_path, tiny_llama_dir, "  mixture: Q8_0\n")
+    assert main(["compile", str(path), "--json", "--set", "blk.0.attn_q.weight=F16"]) == 0
+    entries = {e["gguf_name"]: e for e in json.loads(capsys.readouterr().out)["entries"]}
+    assert entries["blk.0.attn_q.weight"]["type"] == "F16"
+    assert entries["blk.0.attn_q.weight"]["chosen_by"].startswith("--set")
+
+
+def test_apply_twice_gives_identical_bytes_and_records_the_recipe(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    path = _recipe(tmp_path, tiny_llama_dir, "  default: Q4_0\n  rules:\n    - match: '*.ffn_down.weight'\n      type: Q8_0\n")
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    assert main(["apply", str(path), "-o", str(a), "-q"]) == 0
+    assert main(["apply", str(path), "-o", str(b), "-q"]) == 0
+    assert a.read_bytes() == b.read_bytes()
+    reader = gguf.GGUFReader(str(a))
+    assert reader.fields["aqrecipe.recipe"].contents() == path.read_text()
+    assert len(reader.fields["aqrecipe.plan_sha256"].contents()) == 64
+    types = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["blk.1.ffn_down.weight"] == "Q8_0" and types["blk.1.attn_q.weight"] == "Q4_0"
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_apply_plan_file_equals_apply_recipe(tiny_llama_dir: Path, tmp_path: Path) -> None:
+    path = _recipe(tmp_path, tiny_llama_dir, "  mixture: Q8_0\n")
+    plan_path = tmp_path / "plan.json"
+    assert main(["compile", str(path), "-o", str(plan_path), "-q", "--summary"]) == 0
+    assert main(["apply", str(plan_path), "-o", str(tmp_path / "from-plan.gguf"), "-q"]) == 0
+    assert main(["apply", str(path), "-o", str(tmp_path / "from-recipe.gguf"), "-q"]) == 0
+    assert (tmp_path / "from-plan.gguf").read_bytes() == (tmp_path / "from-recipe.gguf").read_bytes()
+
+
+def test_apply_into_missing_folder_fails_cleanly(tiny_llama_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _recipe(tmp_path, tiny_llama_dir, "  mixture: Q8_0\n")
+    assert main(["apply", str(path), "-o", str(tmp_path / "missing" / "x.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "mkdir" in err
+    assert not (tmp_path / "missing").exists()
+
+
+def test_quantize_emit_recipe_round_trips(tiny_llama_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["quantize", str(tiny_llama_dir), "--type", "q4_k_m", "--set", "output.weight=Q8_0", "--emit-recipe"]) == 0
+    recipe = parse_recipe(capsys.readouterr().out)
+    assert recipe.quantization.mixture == "Q4_K_M"
+    assert [(r.pattern, r.type) for r in recipe.quantization.rules] == [("output.weight", "Q8_0")]
+
+
+def test_quantize_writes_the_same_file_as_its_emitted_recipe(tiny_llama_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "q.gguf"
+    assert main(["quantize", str(tiny_llama_dir), "--type", "Q8_0", "-o", str(out), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["quantize", str(tiny_llama_dir), "--type", "Q8_0", "-o", str(out), "--emit-recipe"]) == 0
+    recipe_path = tmp_path / "emitted.yaml"
+    recipe_path.write_text(capsys.readouterr().out)
+    again = tmp_path / "again.gguf"
+    assert main(["apply", str(recipe_path), "-o", str(again), "-q"]) == 0
+    # same tensors; metadata differs only in the recorded recipe text
+    a, b = gguf.GGUFReader(str(out)), gguf.GGUFReader(str(again))
+    assert [(t.name, t.tensor_type, bytes(t.data)) for t in a.tensors] == [(t.name, t.tensor_type, bytes(t.data)) for t in b.tensors]
+
+
+def test_quantize_unknown_type(tiny_llama_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["quantize", str(tiny_llama_dir), "--type", "Q4_K_XL", "-o", "x.gguf"]) == 2
+    err = capsys.readouterr().err
+    assert "Q4_K_XL" in err and "Q4_K_M" in err
+
+
+def test_inspect_gguf(tiny_llama_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "q.gguf"
+    assert main(["quantize", str(tiny_llama_dir), "--type", "Q8_0", "-o", str(out), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["metadata"]["general.architecture"] == "llama"
+    assert set(data["types"]) == {"F32", "Q8_0"}
+
+
+def test_import_does_not_import_torch() -> None:
+    code = "import sys, aqrecipe, aqrecipe.cli, aqrecipe.plan, aqrecipe.recipe, aqrecipe.codecs; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
