@@ -20,6 +20,12 @@ mod iq_grids;
 mod kquants;
 mod kquants_low;
 mod legacy;
+mod lowbit_common;
+#[cfg(test)]
+mod lowbit_tests;
+mod qsearch;
+#[cfg(test)]
+mod codec_tests;
 mod ternary;
 
 pub use error::CodecError;

@@ -1,0 +1,23 @@
+"""Type stub of the Rust extension ``aqrecipe._packer`` (use :mod:`aqrecipe.codecs`)."""
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+def quantize(
+    x: npt.NDArray[np.float32],
+    type_name: str,
+    importance: npt.NDArray[np.float32] | None = None,
+    ternary_absmean: bool = False,
+) -> npt.NDArray[np.uint8]:
+    """Encode a C-contiguous 2-D float32 matrix; returns uint8 ``(rows, row_bytes)``."""
+
+def dequantize(data: npt.NDArray[np.uint8], type_name: str, shape: list[int]) -> npt.NDArray[np.float32]:
+    """Decode C-contiguous uint8 bytes into float32 of ``shape`` (last entry = row length)."""
+
+def row_bytes(type_name: str, row_len: int) -> int:
+    """Bytes of one row of ``row_len`` weights."""
+
+def layouts() -> list[dict[str, Any]]:
+    """The Rust layout table: name, ggml_type_id, block_weights, block_bytes, fields."""
