@@ -1,0 +1,72 @@
+"""Hugging Face folders through transformers (CPU): the unquantized reference."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from aqrecipe.errors import DependencyError, EvalError
+
+__all__ = ["TorchBackend"]
+
+
+class TorchBackend:
+    """Next-token logits from ``AutoModelForCausalLM`` on the CPU (``dtype`` default float32).
+
+    ``dtype`` may be a torch dtype or its name (``"float32"``, ``"bfloat16"``).
+    ``n_threads``, when given, sets torch's intra-op thread count (process-wide).
+    """
+
+    def __init__(
+        self,
+        hf_folder: str | os.PathLike[str],
+        dtype: Any = "float32",
+        n_threads: int | None = None,
+    ) -> None:
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as exc:
+            raise DependencyError(
+                "evaluating a Hugging Face folder needs torch and transformers",
+                hint="pip install 'aqrecipe[torch]'",
+            ) from exc
+        self.path = Path(hf_folder)
+        self.name = str(self.path)
+        if n_threads:
+            torch.set_num_threads(n_threads)
+        torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(self.path)
+            self._model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch_dtype)
+        except (OSError, ValueError, KeyError) as exc:
+            raise EvalError(
+                f"transformers could not load {self.name}: {exc}",
+                hint="the folder needs config.json, the weights (*.safetensors) and tokenizer files",
+            ) from exc
+        self._model.eval()
+        head = self._model.get_output_embeddings()
+        self.vocab_size = int(head.out_features if head is not None else self._model.config.vocab_size)
+        self.bos_token_id = self._detect_bos()
+
+    def _detect_bos(self) -> int | None:
+        bos = self._tokenizer.bos_token_id
+        if bos is None:
+            return None
+        probe = self._tokenizer("a", add_special_tokens=True)["input_ids"]
+        return int(bos) if probe and probe[0] == bos else None
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def logits(self, tokens: Sequence[int]) -> np.ndarray:
+        import torch
+
+        ids = torch.tensor([list(tokens)], dtype=torch.long)
+        with torch.inference_mode():
+            out = self._model(input_ids=ids, use_cache=False).logits[0]
+        return out.to(torch.float32).numpy()
