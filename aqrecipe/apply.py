@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -122,34 +122,86 @@ def write_plan_gguf(plan: Plan, dest: Path, *, imatrix: Any = None) -> None:
     write_gguf(dest, source, planned, produce, metadata, plan.file_type)
 
 
-def run_apply(
-    plan: Plan,
-    recipe: Recipe | None,
-    dest: Path,
-    *,
-    evaluate: bool | None = None,
-    report_path: Path | None = None,
-) -> ApplyResult:
-    """Run the stages for a compiled plan and write ``dest`` (and the report)."""
+@dataclass(frozen=True)
+class ApplyOptions:
+    """Run-time choices of one apply (never part of the plan)."""
+
+    evaluate: bool | None = None  # None: as the recipe says
+    report_path: Path | None = None
+    imatrix_path: Path | None = None  # --imatrix: beats the recipe's imatrix section
+    work_dir: Path | None = None  # layer checkpoints; default beside the output
+    restart: bool = False  # discard checkpoints of an earlier run
+    quiet: bool = False
+
+
+def default_work_dir(dest: Path) -> Path:
+    """Checkpoints live beside the output so a rerun of the same command resumes."""
+    return dest.parent / ".aqrecipe-work" / dest.name
+
+
+def run_apply(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyOptions = ApplyOptions()) -> ApplyResult:
+    """Run the stages for a compiled plan and write ``dest`` (and the report).
+
+    Stages: importance matrix -> pack + write (atomic) -> evaluate -> coherence check.
+    """
+    from .imatrix_stage import resolve_imatrix
+
     check_output_folder(dest)
+    work_dir = options.work_dir or default_work_dir(dest)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
+    imatrix = resolve_imatrix(
+        plan, recipe, imatrix_path=options.imatrix_path, work_dir=work_dir, restart=options.restart, quiet=options.quiet
+    )
+    seconds["imatrix"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
     log.info("packing %d tensors (%s, %.3f bpw) -> %s", len(plan.entries), plan.mixture or "custom", plan.bits_per_weight, dest)
-    write_plan_gguf(plan, dest)
+    write_plan_gguf(plan, dest, imatrix=imatrix)
     seconds["pack_and_write"] = time.perf_counter() - t0
 
     quality = None
     eval_spec = recipe.evaluation if recipe is not None else None
-    do_eval = evaluate if evaluate is not None else bool(eval_spec and eval_spec.enabled)
+    do_eval = options.evaluate if options.evaluate is not None else bool(eval_spec and eval_spec.enabled)
     if do_eval:
         t1 = time.perf_counter()
         quality = evaluate_output(plan, dest, eval_spec, recipe)
         seconds["evaluate"] = time.perf_counter() - t1
-    result = ApplyResult(output=dest, plan=plan, output_bytes=dest.stat().st_size, seconds=seconds, quality=quality)
-    if report_path is not None:
-        write_report(result, report_path)
-        result = ApplyResult(**{**result.__dict__, "report_path": report_path})
+    extra: dict[str, Any] = {"imatrix": bool(imatrix)}
+    coherence = run_coherence(plan, recipe, dest)
+    if coherence is not None:
+        extra["coherence"] = coherence
+    result = ApplyResult(
+        output=dest, plan=plan, output_bytes=dest.stat().st_size, seconds=seconds, quality=quality, extra=extra
+    )
+    if options.report_path is not None:
+        write_report(result, options.report_path)
+        result = replace(result, report_path=options.report_path)
     return result
+
+
+def run_coherence(plan: Plan, recipe: Recipe | None, dest: Path) -> dict[str, Any] | None:
+    """Collapse detection (on by default for ultra-low-bit plans); warns with a suggested recipe."""
+    from .coherence import CoherenceSpec, check_coherence, is_ultra_low
+    from .reference import reference_gguf
+
+    spec = CoherenceSpec.from_dict(recipe.stage("coherence") if recipe is not None else None)
+    enabled = spec.enabled if spec.enabled is not None else is_ultra_low(plan)
+    if not enabled:
+        return None
+    verdict = check_coherence(dest, reference_gguf(plan.model_path), spec)
+    data = {**verdict.to_dict(), "strict": spec.strict}
+    if not verdict.passed:
+        from .suggest import suggest_dynamic_recipe
+
+        suggestion = suggest_dynamic_recipe(plan, recipe)
+        data["suggested_recipe"] = suggestion
+        log.warning(
+            "the quantized model looks collapsed: %s. A dynamic recipe of about the same size keeps the "
+            "sensitive tensors at more bits:\n%s",
+            "; ".join(verdict.failures),
+            suggestion,
+        )
+    return data
 
 
 def evaluate_output(plan: Plan, dest: Path, eval_spec: Any, recipe: Recipe | None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import __version__
-from .errors import EXIT_OK, EXIT_USER_ERROR, AqrecipeError, RecipeError
+from .errors import EXIT_FAILURE, EXIT_OK, EXIT_USER_ERROR, AqrecipeError, RecipeError
 
 log = logging.getLogger("aqrecipe")
 
@@ -101,8 +101,23 @@ def _print_apply(args: argparse.Namespace, result: Any) -> None:
     _emit(args, result.to_dict(), "\n".join(lines))
 
 
-def _eval_flag(args: argparse.Namespace) -> bool | None:
-    return False if args.no_eval else (True if args.eval else None)
+def _apply_options(args: argparse.Namespace) -> Any:
+    from .apply import ApplyOptions
+
+    return ApplyOptions(
+        evaluate=False if args.no_eval else (True if args.eval else None),
+        report_path=Path(args.report) if args.report else None,
+        imatrix_path=Path(args.imatrix) if getattr(args, "imatrix", None) else None,
+        work_dir=Path(args.work_dir) if args.work_dir else None,
+        restart=args.restart,
+        quiet=args.quiet or args.json,
+    )
+
+
+def _exit_code(result: Any) -> int:
+    """1 when a strict coherence check failed (for CI), else 0."""
+    coherence = result.extra.get("coherence")
+    return EXIT_FAILURE if coherence and coherence["strict"] and not coherence["passed"] else EXIT_OK
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -112,16 +127,16 @@ def cmd_apply(args: argparse.Namespace) -> int:
     dest = args.output or (recipe.resolve_path(recipe.output.path) if recipe and recipe.output.path else None)
     if dest is None:
         raise AqrecipeError("no output path", hint="pass -o OUT.gguf or set output.path in the recipe", code="AQ701")
-    result = run_apply(plan, recipe, Path(dest), evaluate=_eval_flag(args), report_path=args.report and Path(args.report))
+    result = run_apply(plan, recipe, Path(dest), _apply_options(args))
     _print_apply(args, result)
-    return EXIT_OK
+    return _exit_code(result)
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     from .apply import run_apply
     from .shortcut import shortcut_recipe
 
-    recipe = shortcut_recipe(args.model, args.type, set_options=args.set or [], output=args.output)
+    recipe = shortcut_recipe(args.model, args.type, set_options=args.set or [], output=args.output, imatrix=args.imatrix)
     if args.emit_recipe:
         from .recipe import dump_recipe_yaml
 
@@ -132,9 +147,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from .apply import plan_from_recipe
 
     plan = plan_from_recipe(recipe)
-    result = run_apply(plan, recipe, Path(args.output), evaluate=_eval_flag(args), report_path=args.report and Path(args.report))
+    result = run_apply(plan, recipe, Path(args.output), _apply_options(args))
     _print_apply(args, result)
-    return EXIT_OK
+    return _exit_code(result)
 
 
 # --- eval / inspect ------------------------------------------------------------------
@@ -178,6 +193,9 @@ def _add_eval_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval", action="store_true", help="evaluate the output (PPL, KLD, top-1)")
     g.add_argument("--no-eval", action="store_true", help="skip evaluation even if the recipe asks for it")
     p.add_argument("--report", help="write the run's JSON report here")
+    p.add_argument("--imatrix", metavar="FILE", help="importance matrix (.gguf or llama.cpp .dat) for the packer")
+    p.add_argument("--work-dir", help="layer checkpoints (default: OUT's folder/.aqrecipe-work/NAME)")
+    p.add_argument("--restart", action="store_true", help="discard checkpoints of an earlier run")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,9 +34,14 @@ def quantization_section(type_name: str, set_options: Sequence[str] = ()) -> dic
 
 
 def shortcut_recipe(
-    model: str, type_name: str, *, set_options: Sequence[str] = (), output: str | None = None
+    model: str,
+    type_name: str,
+    *,
+    set_options: Sequence[str] = (),
+    output: str | None = None,
+    imatrix: str | None = None,
 ) -> Recipe:
-    """The recipe equivalent to ``quantize MODEL --type T [--set P=T ...] [-o OUT]``."""
+    """The recipe equivalent to ``quantize MODEL --type T [--set P=T ...] [--imatrix F] [-o OUT]``."""
     model_ref = model if model == "demo" else str(Path(model).resolve())
     data: dict[str, Any] = {
         "version": 1,
@@ -45,6 +50,8 @@ def shortcut_recipe(
         "quantization": quantization_section(type_name, set_options),
         "evaluation": {"enabled": False},  # like llama-quantize; --eval turns it on
     }
+    if imatrix:
+        data["imatrix"] = {"type": "file", "path": str(Path(imatrix).resolve())}
     if output:
         data["output"] = {"format": "gguf", "path": str(Path(output).resolve())}
     return recipe_from_dict(data)

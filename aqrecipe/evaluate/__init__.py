@@ -6,12 +6,14 @@ backend imports its library when it is opened.
 """
 
 from aqrecipe.evaluate.backends import DEMO, LogitsBackend, open_backend
+from aqrecipe.evaluate.cached import CachedBackend
 from aqrecipe.evaluate.metrics import MetricsAccumulator, log_softmax, token_kld
 from aqrecipe.evaluate.report import QualityReport, format_report_table
 from aqrecipe.evaluate.runner import BUILTIN_TEXT, eval_windows, evaluate
 
 __all__ = [
     "BUILTIN_TEXT",
+    "CachedBackend",
     "DEMO",
     "LogitsBackend",
     "MetricsAccumulator",

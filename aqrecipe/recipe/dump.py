@@ -11,9 +11,10 @@ from aqrecipe.recipe.model import Recipe
 
 # Key order per mapping kind; keys not listed follow in sorted order.
 _ORDER: dict[str, tuple[str, ...]] = {
-    "": ("version", "name", "description", "model", "output", "quantization", "evaluation"),
+    "": ("version", "name", "description", "model", "output", "imatrix", "super_weights", "smoothquant",
+         "planner", "quantization", "evaluation", "coherence"),
     "output": ("format", "path"),
-    "quantization": ("mixture", "default", "rules"),
+    "quantization": ("mixture", "default", "rules", "allow_without_imatrix"),
     "rules": ("match", "type"),
     "evaluation": ("enabled", "text", "chunks", "context"),
 }
@@ -21,7 +22,7 @@ _ORDER: dict[str, tuple[str, ...]] = {
 
 def _ordered(value: Any, section: str) -> Any:
     if isinstance(value, Mapping):
-        order = _ORDER.get(section, ())
+        order = _ORDER.get(section, ()) or ("type",)  # tagged nodes read best with their tag first
         keys = [k for k in order if k in value] + sorted((k for k in value if k not in order), key=str)
         return {k: _ordered(value[k], k if section == "" or k == "rules" else section) for k in keys}
     if isinstance(value, (list, tuple)):

@@ -73,6 +73,10 @@ class TensorRule:
         return {"match": self.match_text, "type": self.type}
 
 
+#: Top-level sections owned by pipeline stages, in pipeline order.
+STAGE_SECTIONS: tuple[str, ...] = ("imatrix", "super_weights", "smoothquant", "planner", "coherence")
+
+
 @dataclass(frozen=True)
 class QuantizationSpec:
     """Mixture and/or default type, refined by rules (in recipe order)."""
@@ -80,6 +84,7 @@ class QuantizationSpec:
     mixture: str | None = None
     default: str | None = None
     rules: tuple[TensorRule, ...] = ()
+    allow_without_imatrix: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -88,6 +93,8 @@ class QuantizationSpec:
         if self.default is not None:
             out["default"] = self.default
         out["rules"] = [r.to_dict() for r in self.rules]
+        if self.allow_without_imatrix:
+            out["allow_without_imatrix"] = True
         return out
 
 
@@ -115,6 +122,8 @@ class Recipe:
     output: OutputSpec
     quantization: QuantizationSpec
     evaluation: EvaluationSpec
+    #: Stage sections (imatrix, coherence, ...) as validated data; each stage reads its own.
+    stages: tuple[tuple[str, Any], ...] = ()
     source_path: Path | None = field(default=None, compare=False)
     source_text: str | None = field(default=None, compare=False, repr=False)
     positions: PositionIndex | None = field(default=None, compare=False, repr=False)
@@ -130,7 +139,12 @@ class Recipe:
         out["output"] = self.output.to_dict()
         out["quantization"] = self.quantization.to_dict()
         out["evaluation"] = self.evaluation.to_dict()
+        out.update(self.stages)
         return out
+
+    def stage(self, name: str) -> Any:
+        """The validated data of one stage section (``imatrix``, ``coherence``, ...), or None."""
+        return dict(self.stages).get(name)
 
     @property
     def base_dir(self) -> Path:
@@ -185,7 +199,8 @@ def build_recipe(data: dict[str, Any], *, source_path: Path | None = None, sourc
         description=data.get("description"),
         model=data["model"],
         output=OutputSpec(format=out.get("format", "gguf"), path=out.get("path")),
-        quantization=QuantizationSpec(mixture=quant.get("mixture"), default=quant.get("default"), rules=rules),
+        quantization=QuantizationSpec(mixture=quant.get("mixture"), default=quant.get("default"), rules=rules,
+                                      allow_without_imatrix=bool(quant.get("allow_without_imatrix", False))),
         evaluation=EvaluationSpec(
             enabled=bool(ev.get("enabled", defaults.enabled)),
             text=ev.get("text", defaults.text),
@@ -193,6 +208,7 @@ def build_recipe(data: dict[str, Any], *, source_path: Path | None = None, sourc
             chunks=int(ev.get("chunks", defaults.chunks)),
             context=int(ev.get("context", defaults.context)),
         ),
+        stages=tuple((name, data[name]) for name in STAGE_SECTIONS if name in data),
         source_path=source_path,
         source_text=source_text,
         positions=positions,

@@ -78,6 +78,8 @@ def _map_error(error: ValidationError, index: PositionIndex) -> list[RecipeIssue
     if kind == "required":
         missing = [k for k in error.validator_value if k not in value]
         return [_missing(index, keys, k, schema) for k in missing]
+    if kind == "oneOf" and _discriminants(error.validator_value):
+        return _tagged_union_issues(error, index, keys)
     if kind == "anyOf" and _is_mixture_or_default(error.validator_value):
         return [_issue(index, keys, codes.NO_MIXTURE_OR_DEFAULT,
                        "quantization needs 'mixture' or 'default' (neither is given)",
@@ -96,6 +98,35 @@ def _map_error(error: ValidationError, index: PositionIndex) -> list[RecipeIssue
         return [_range_issue(index, keys, kind, value, schema)]
     return [_issue(index, keys, codes.NOT_ALLOWED, f"value {value!r} is not allowed: {error.message}",
                    value=value)]
+
+
+def _discriminants(branches: Any) -> list[str]:
+    """The ``type`` constants of a tagged union (every branch fixes ``type``), else []."""
+    if not isinstance(branches, list):
+        return []
+    tags = [b.get("properties", {}).get("type", {}).get("const") for b in branches if isinstance(b, dict)]
+    return tags if tags and all(isinstance(t, str) for t in tags) else []
+
+
+def _tagged_union_issues(error: ValidationError, index: PositionIndex, keys: list[Key]) -> list[RecipeIssue]:
+    """Errors of a ``type:``-tagged node: a missing/unknown tag, or the chosen branch's own errors."""
+    tags = _discriminants(error.validator_value)
+    value = error.instance
+    if not isinstance(value, dict):
+        return [_type_issue(index, keys, value, "object")]
+    tag = value.get("type")
+    if tag not in tags:
+        if "type" not in value:
+            return [_issue(index, keys, codes.MISSING_KEY, f"missing 'type' (one of {', '.join(tags)})",
+                           value=None, allowed=tags)]
+        return [_issue(index, keys + ["type"], codes.NOT_ALLOWED, f"unknown type {tag!r}", value=tag,
+                       allowed=tags, suggestion=did_you_mean(str(tag), tags))]
+    branch = tags.index(tag)
+    found: list[RecipeIssue] = []
+    for sub in error.context or ():
+        if sub.schema_path and sub.schema_path[0] == branch:
+            found.extend(_map_error(sub, index))
+    return found
 
 
 def _is_mixture_or_default(branches: Any) -> bool:
