@@ -139,5 +139,5 @@ def check_coherence(model: Path, reference: Path, spec: CoherenceSpec = Coherenc
 
 
 def is_ultra_low(plan: Any) -> bool:
-    """Whether any tensor of the plan uses an ultra-low-bit type."""
-    return any(e.type in ULTRA_LOW_TYPES for e in plan.entries)
+    """Whether any tensor of the plan asks for an ultra-low-bit type (even where rows fall back)."""
+    return any(e.type in ULTRA_LOW_TYPES or e.requested_type in ULTRA_LOW_TYPES for e in plan.entries)
