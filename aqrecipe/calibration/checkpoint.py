@@ -1,0 +1,212 @@
+"""Layer-level checkpoints of a calibration run in a work folder.
+
+Layout of the folder::
+
+    .lock                 fcntl lock: one run per folder at a time
+    manifest.json         fingerprint, its components, stages completed
+    stage-0007.npz        statistics of finished stage 7 (decoder layer 7)
+    hidden-0.f32 / -1.f32 hidden states entering the next stage (double buffer)
+
+Every file is written to a temporary name, fsynced and renamed, and the manifest
+is renamed last, so a run killed at any instant (SIGKILL included) finds either
+the old or the new state, never a mixture: stage ``k`` reads ``hidden-{k % 2}``
+and writes ``hidden-{(k + 1) % 2}``, so the buffer a checkpoint points at is never
+the one being overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from aqrecipe.errors import ResumeError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+FORMAT = 1
+COMPONENT_LABELS = {
+    "model": "model",
+    "calibration": "calibration data",
+    "options": "options",
+    "version": "version",
+}
+
+
+def fingerprint(components: Mapping[str, str]) -> str:
+    """sha256 over the named component hashes (order-independent)."""
+    blob = json.dumps(dict(sorted(components.items())), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def sha256_json(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_bytes_atomic(dest: Path, writer) -> None:
+    """Call ``writer(fileobj)`` on ``dest.tmp-<pid>``, fsync, rename over ``dest``."""
+    dest = Path(dest)
+    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            writer(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(dest.parent)
+
+
+class WorkDir:
+    """A locked work folder holding one run's checkpoints.
+
+    Opening it checks the manifest's fingerprint against ``components``: a
+    mismatch raises :class:`ResumeError` naming what changed, unless
+    ``restart=True`` (then the old checkpoints are discarded).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], components: Mapping[str, str], *,
+                 n_stages: int, restart: bool = False) -> None:
+        self.path = Path(path)
+        self.components = dict(components)
+        self.fingerprint = fingerprint(self.components)
+        self.n_stages = n_stages
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock_fh = self._acquire_lock()
+        try:
+            self.completed = self._open_manifest(restart)
+        except BaseException:
+            self.close()
+            raise
+
+    # --- lock -------------------------------------------------------------------
+    def _acquire_lock(self):
+        fh = open(self.path / LOCK, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
+            raise ResumeError(
+                f"work folder {str(self.path)!r} is in use by another run",
+                hint="wait for the other run to finish, or use another work folder",
+            ) from None
+        return fh
+
+    def close(self) -> None:
+        if self._lock_fh is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    def __enter__(self) -> "WorkDir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- manifest ---------------------------------------------------------------
+    def _open_manifest(self, restart: bool) -> int:
+        manifest_path = self.path / MANIFEST
+        if restart:
+            self.discard()
+        elif manifest_path.exists():
+            try:
+                manifest = json.loads(manifest_path.read_text())
+                old = manifest["components"]
+                completed = int(manifest["completed"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ResumeError(
+                    f"work folder {str(self.path)!r} has an unreadable manifest ({exc})",
+                    hint="pass restart=True (--restart) to discard it",
+                ) from None
+            if manifest.get("fingerprint") != self.fingerprint:
+                changed = [COMPONENT_LABELS.get(k, k) for k in sorted(set(old) | set(self.components))
+                           if old.get(k) != self.components.get(k)]
+                raise ResumeError(
+                    f"work folder {str(self.path)!r} holds checkpoints of a different run "
+                    f"(changed: {', '.join(changed) or 'fingerprint'})",
+                    hint="pass restart=True (--restart) to discard them, or use another work folder",
+                )
+            if not 0 <= completed <= self.n_stages:
+                raise ResumeError(
+                    f"work folder {str(self.path)!r}: manifest says {completed} of "
+                    f"{self.n_stages} stages are done",
+                    hint="pass restart=True (--restart) to discard it",
+                )
+            if completed:
+                log.info("resuming from %s: %d of %d stages done", self.path, completed, self.n_stages)
+            return completed
+        self._write_manifest(0)
+        return 0
+
+    def _write_manifest(self, completed: int) -> None:
+        payload = {
+            "format": FORMAT,
+            "fingerprint": self.fingerprint,
+            "components": self.components,
+            "n_stages": self.n_stages,
+            "completed": completed,
+        }
+        text = json.dumps(payload, indent=2, sort_keys=True).encode()
+        write_bytes_atomic(self.path / MANIFEST, lambda fh: fh.write(text))
+
+    def discard(self) -> None:
+        """Remove every checkpoint file (the lock stays held)."""
+        for p in self.path.iterdir():
+            if p.name == LOCK:
+                continue
+            if p.name == MANIFEST or p.name.startswith(("stage-", "hidden-")):
+                p.unlink()
+
+    # --- stages -----------------------------------------------------------------
+    def stage_path(self, stage: int) -> Path:
+        return self.path / f"stage-{stage:04d}.npz"
+
+    def hidden_path(self, stage: int) -> Path:
+        """The buffer holding the hidden states that enter ``stage``."""
+        return self.path / f"hidden-{stage % 2}.f32"
+
+    def save_stage(self, stage: int, arrays: Mapping[str, np.ndarray]) -> None:
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        data = buf.getvalue()
+        write_bytes_atomic(self.stage_path(stage), lambda fh: fh.write(data))
+
+    def load_stage(self, stage: int) -> dict[str, np.ndarray]:
+        path = self.stage_path(stage)
+        try:
+            with np.load(path) as npz:
+                return {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as exc:
+            raise ResumeError(
+                f"checkpoint {str(path)!r} cannot be read ({exc})",
+                hint="pass restart=True (--restart) to start over",
+            ) from None
+
+    def commit(self, completed: int) -> None:
+        """Record that stages ``0 .. completed-1`` are done (their files already written)."""
+        self._write_manifest(completed)
+        self.completed = completed

@@ -1,0 +1,71 @@
+"""Forward hooks on the ``nn.Linear`` modules of one stage, feeding the observers."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from aqrecipe.calibration.observers import InputStatsObserver, LinearObserver
+
+
+class LayerHooks:
+    """Forward hooks on every ``nn.Linear`` of one stage, feeding the observers."""
+
+    def __init__(self, stage: int, named_linears: Sequence[tuple[str, Any]],
+                 observers: Sequence[LinearObserver], stats: InputStatsObserver | None) -> None:
+        self.stage = stage
+        self.observers = observers
+        self.stats = stats
+        self.handles = []
+        self._batch_inputs: dict[str, Any] = {}
+        self._first_batch = True
+        self._alias: dict[str, str] = {}
+        for gguf_name, module in named_linears:
+            self.handles.append(module.register_forward_hook(self._make_hook(gguf_name)))
+
+    def next_batch(self) -> None:
+        if self._batch_inputs:
+            self._first_batch = False
+        self._batch_inputs.clear()
+
+    def _make_hook(self, gguf_name: str):
+        def hook(module, args, output):
+            self.record(gguf_name, args[0], output)
+
+        return hook
+
+    def record(self, gguf_name: str, x_t, y_t) -> None:
+        # identity of the very tensor object passed in: q/k/v (gate/up) receive the same one
+        same = next((n for n, t in self._batch_inputs.items() if t is x_t), None)
+        if self._first_batch and same is not None and self.stats is not None:
+            self._alias[gguf_name] = same
+            self.stats.alias(gguf_name, same)
+        elif self._alias.get(gguf_name) not in (None, same):
+            raise RuntimeError(f"{gguf_name}: linears that shared an input stopped sharing it")
+        self._batch_inputs[gguf_name] = x_t
+        if same is not None and self.stats is not None and not any(
+                o.wants(gguf_name) for o in self.observers if o is not self.stats):
+            self.stats.observe(self.stage, gguf_name, None, None)  # type: ignore[arg-type]
+            return  # shared statistics: nothing to compute
+        x = as_numpy(x_t.detach())
+        y = None
+        for obs in self.observers:
+            if not obs.wants(gguf_name):
+                continue
+            if obs.needs_output and y is None and y_t is not None:
+                y = as_numpy(y_t.detach())
+            obs.observe(self.stage, gguf_name, x, y if obs.needs_output else None)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def as_numpy(t) -> np.ndarray:
+    import torch
+
+    flat = t.reshape(-1, t.shape[-1])
+    if flat.dtype != torch.float32:
+        flat = flat.float()
+    return np.ascontiguousarray(flat.cpu().numpy())

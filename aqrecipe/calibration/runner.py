@@ -1,0 +1,358 @@
+"""Sequential, layer-by-layer calibration forward pass.
+
+The model skeleton is built on the meta device (no memory); then:
+
+1. embed every sample into the activation cache;
+2. for each decoder layer: load that layer's weights from the safetensors
+   (through the :class:`~aqrecipe.models.ModelSource` reader), run all samples
+   through it in batches while hooks on every ``nn.Linear`` feed the observers,
+   write the outputs back to the cache, free the layer, checkpoint;
+3. apply the final norm and observe ``output.weight``'s input (its matmul is
+   skipped: only its input statistics are needed).
+
+Peak memory is one decoder layer plus the activation cache (which spills to disk
+above ``max_cache_bytes``). The rotary embedding and causal mask come from the
+model family's own modeling code, so the result equals a full forward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from aqrecipe.calibration.cache import ActivationCache
+from aqrecipe.calibration.checkpoint import WorkDir
+from aqrecipe.calibration.hooks import LayerHooks
+from aqrecipe.calibration.observers import DownProjRanges, InputStatsObserver, LinearObserver
+from aqrecipe.calibration.stats import Backend, ChannelStats
+from aqrecipe.errors import AqrecipeError, ImatrixError, ResumeError, UnsupportedArchitectureError
+
+log = logging.getLogger(__name__)
+
+# Test hooks: SIGKILL ourselves after stage k is committed / in the middle of stage k.
+KILL_AFTER_ENV = "AQRECIPE_TEST_KILL_AFTER_STAGE"
+KILL_DURING_ENV = "AQRECIPE_TEST_KILL_DURING_STAGE"
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """Execution options. Those in :meth:`result_relevant` can change the statistics' bits."""
+
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 | float16
+    batch_tokens: int = 4096  # samples per batch = max(1, batch_tokens // seq_len)
+    max_cache_bytes: int = 2 << 30
+    attn_implementation: str = "sdpa"
+    include_output: bool = True  # observe output.weight's input (final normed hidden state)
+    stats_backend: Backend = "numba"
+    collect: bool = True  # False: plain forward pass, no hooks (for overhead measurements)
+
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def result_relevant(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("max_cache_bytes", "stats_backend", "device"):
+            d.pop(k)
+        d["device"] = self.resolved_device().split(":")[0]
+        return d
+
+
+@dataclass
+class CalibrationResult:
+    stats: dict[str, ChannelStats]  # keyed by llama.cpp weight name, in model order
+    down_proj_max_in: dict[int, np.ndarray]
+    down_proj_max_out: dict[int, np.ndarray]
+    n_samples: int
+    seq_len: int
+    resumed_stages: int = 0
+    seconds: float = 0.0
+    tokens_per_second: float = 0.0
+    observers: list[LinearObserver] = field(default_factory=list)
+
+    @property
+    def n_tokens(self) -> int:
+        return self.n_samples * self.seq_len
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise AqrecipeError(f"unknown compute dtype {name!r}", hint="use float32, bfloat16 or float16") from None
+
+
+def build_skeleton(source: Any, attn_implementation: str):
+    """The HF model on the meta device, plus its config."""
+    import torch
+    import transformers
+
+    config = transformers.AutoConfig.from_pretrained(str(source.path))
+    config._attn_implementation = attn_implementation
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    base = getattr(model, "model", None)
+    if base is None or not hasattr(base, "layers") or not hasattr(base, "embed_tokens"):
+        raise UnsupportedArchitectureError(
+            f"calibration does not know how to run {type(model).__name__} layer by layer",
+            hint="supported: decoder-only models with model.embed_tokens / model.layers (llama, qwen2)",
+        )
+    return model, base, config
+
+
+def _load_module(module, source: Any, prefix: str, device: str, dtype) -> None:
+    """Replace ``module``'s meta parameters with the weights under ``prefix``."""
+    import torch
+
+    names = [n for n, _ in module.named_parameters()] + [n for n, _ in module.named_buffers()]
+    state = {n: torch.from_numpy(source.read(prefix + n)) for n in names}
+    module.load_state_dict(state, strict=True, assign=True)
+    module.to(device=device, dtype=dtype)
+
+
+def _free(module) -> None:
+    module.to("meta")
+
+
+def _maybe_kill(env: str, stage: int) -> None:
+    if os.environ.get(env) == str(stage):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_calibration(
+    source: Any,
+    windows: np.ndarray,
+    *,
+    options: RunnerOptions = RunnerOptions(),
+    work: WorkDir | None = None,
+    observers: Sequence[LinearObserver] = (),
+    quiet: bool = False,
+) -> CalibrationResult:
+    """Run ``windows`` ``[samples, seq_len]`` through ``source`` layer by layer.
+
+    ``work`` (an open :class:`WorkDir` with ``n_stages = n_layers + 1``) makes
+    the run resumable; without it nothing is written except a spilled cache in
+    a temporary folder.
+    """
+    import torch
+
+    windows = np.asarray(windows, dtype=np.int64)
+    if windows.ndim != 2 or windows.size == 0:
+        raise ValueError(f"windows must be a non-empty [samples, seq_len] array, got {windows.shape}")
+    n_samples, seq_len = windows.shape
+    device = options.resolved_device()
+    dtype = _torch_dtype(options.dtype)
+    model, base, config = build_skeleton(source, options.attn_implementation)
+    n_layers = len(base.layers)
+    if work is not None and work.n_stages != n_layers + 1:
+        raise ResumeError(f"work folder expects {work.n_stages} stages, the model has {n_layers + 1}")
+
+    stats_obs = InputStatsObserver(options.stats_backend) if options.collect else None
+    ranges_obs = DownProjRanges() if options.collect else None
+    all_obs: list[LinearObserver] = [o for o in (stats_obs, ranges_obs) if o is not None]
+    all_obs += list(observers) if options.collect else []
+    keys = [o.key for o in all_obs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"observer keys must be unique, got {keys}")
+
+    hidden = int(config.hidden_size)
+    per_batch = max(1, options.batch_tokens // seq_len)
+    batches = [(s, min(n_samples, s + per_batch)) for s in range(0, n_samples, per_batch)]
+    tmp = None if work is not None else tempfile.TemporaryDirectory(prefix="aqrecipe-cache-")
+    folder = work.path if work is not None else Path(tmp.name)  # type: ignore[union-attr]
+    cache = ActivationCache((n_samples, seq_len, hidden), max_bytes=options.max_cache_bytes,
+                            folder=folder, work=work)
+    start_stage = work.completed if work is not None else 0
+    t0 = time.perf_counter()
+    try:
+        with torch.inference_mode():
+            # finished stages: their observer state comes from the checkpoints
+            for stage in range(start_stage):
+                arrays = work.load_stage(stage)  # type: ignore[union-attr]
+                for obs in all_obs:
+                    pre = f"{obs.key}|"
+                    obs.restore_layer_state(stage, {k[len(pre):]: v for k, v in arrays.items() if k.startswith(pre)})
+            if start_stage == 0:
+                _embed(base, source, windows, cache.init_embeddings(), batches, device)
+            else:
+                try:
+                    cache.restore(start_stage)
+                except FileNotFoundError as exc:
+                    raise ResumeError(
+                        f"checkpoint hidden states {exc} are missing or truncated",
+                        hint="pass restart=True (--restart) to start over",
+                    ) from None
+            rotary = type(base.rotary_emb)(config=config).to(device)
+            pos = torch.arange(seq_len, device=device).unsqueeze(0)
+            probe = torch.zeros(1, seq_len, hidden, device=device, dtype=dtype)
+            pos_emb = rotary(probe, pos)
+            names = {t.hf_name: t.gguf_name for t in source.tensors}
+            stages = range(start_stage, n_layers + 1)
+            bar = _progress(len(stages), n_layers + 1, start_stage, quiet)
+            for stage in stages:
+                ts = time.perf_counter()
+                if stage < n_layers:
+                    _run_layer(stage, base, config, source, cache, batches, names, all_obs, stats_obs,
+                               pos, pos_emb, device, dtype, options)
+                else:
+                    _run_output(stage, base, source, cache, batches, names, all_obs, stats_obs,
+                                device, dtype, options)
+                if work is not None:
+                    arrays = {}
+                    for obs in all_obs:
+                        arrays.update({f"{obs.key}|{k}": v for k, v in obs.layer_state(stage).items()})
+                    if stage < n_layers:
+                        cache.persist(stage + 1)
+                    work.save_stage(stage, arrays)
+                    work.commit(stage + 1)
+                    _maybe_kill(KILL_AFTER_ENV, stage)
+                if bar is not None:
+                    bar.set_postfix(tok_s=f"{n_samples * seq_len / (time.perf_counter() - ts):,.0f}")
+                    bar.update(1)
+            if bar is not None:
+                bar.close()
+    finally:
+        cache.close()
+        if tmp is not None:
+            tmp.cleanup()
+    seconds = time.perf_counter() - t0
+    done = n_layers + 1 - start_stage
+    result = CalibrationResult(
+        stats=_ordered_stats(stats_obs, source),
+        down_proj_max_in=dict(sorted(ranges_obs.max_in.items())) if ranges_obs else {},
+        down_proj_max_out=dict(sorted(ranges_obs.max_out.items())) if ranges_obs else {},
+        n_samples=n_samples,
+        seq_len=seq_len,
+        resumed_stages=start_stage,
+        seconds=seconds,
+        tokens_per_second=n_samples * seq_len * done / (n_layers + 1) / max(seconds, 1e-9),
+        observers=list(observers),
+    )
+    _check_finite(result, options)
+    return result
+
+
+def _progress(total: int, n_stages: int, initial: int, quiet: bool):
+    if quiet:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=n_stages, initial=initial, desc="calibrating", unit="layer", leave=False)
+
+
+def _embed(base, source, windows, out: np.ndarray, batches, device) -> None:
+    import torch
+
+    emb = base.embed_tokens
+    _load_module(emb, source, "model.embed_tokens.", device, torch.float32)
+    for s0, s1 in batches:
+        ids = torch.from_numpy(windows[s0:s1]).to(device)
+        out[s0:s1] = emb(ids).float().cpu().numpy()
+    _free(emb)
+
+
+def _layer_mask(config, stage: int, h, pos):
+    from transformers import masking_utils
+
+    kind = (getattr(config, "layer_types", None) or [None] * (stage + 1))[stage]
+    make = (masking_utils.create_sliding_window_causal_mask if kind == "sliding_attention"
+            else masking_utils.create_causal_mask)
+    return make(config=config, inputs_embeds=h, attention_mask=None, cache=None, position_ids=pos)
+
+
+def _linears(module, prefix: str, names: dict[str, str]) -> list[tuple[str, Any]]:
+    import torch
+
+    found = []
+    for sub, mod in module.named_modules():
+        if isinstance(mod, torch.nn.Linear):
+            hf = f"{prefix}{sub}.weight"
+            if hf not in names:
+                raise UnsupportedArchitectureError(f"linear {hf} has no llama.cpp tensor name")
+            found.append((names[hf], mod))
+    return found
+
+
+def _run_layer(stage, base, config, source, cache, batches, names, observers, stats_obs,
+               pos, pos_emb, device, dtype, options) -> None:
+    import torch
+
+    layer = base.layers[stage]
+    prefix = f"model.layers.{stage}."
+    _load_module(layer, source, prefix, device, dtype)
+    hooks = (LayerHooks(stage, _linears(layer, prefix, names), observers, stats_obs)
+             if options.collect else None)
+    src, dst = cache.source(stage), cache.target(stage)
+    masks: dict[int, Any] = {}
+    try:
+        for i, (s0, s1) in enumerate(batches):
+            h = torch.from_numpy(np.ascontiguousarray(src[s0:s1])).to(device=device, dtype=dtype)
+            if h.shape[0] not in masks:
+                masks[h.shape[0]] = _layer_mask(config, stage, h, pos)
+            if hooks is not None:
+                hooks.next_batch()
+            out = layer(h, attention_mask=masks[h.shape[0]], position_ids=pos,
+                        position_embeddings=pos_emb)
+            if isinstance(out, tuple):
+                out = out[0]
+            dst[s0:s1] = out.float().cpu().numpy()
+            if i == 0:
+                _maybe_kill(KILL_DURING_ENV, stage)
+    finally:
+        if hooks is not None:
+            hooks.remove()
+        _free(layer)
+
+
+def _run_output(stage, base, source, cache, batches, names, observers, stats_obs,
+                device, dtype, options) -> None:
+    import torch
+
+    out_name = names.get("lm_head.weight")
+    if not (options.collect and options.include_output and out_name):
+        return  # tied embeddings: llama.cpp has no output.weight to weigh
+    norm = base.norm
+    _load_module(norm, source, "model.norm.", device, dtype)
+    hooks = LayerHooks(stage, [], observers, stats_obs)
+    src = cache.source(stage)
+    try:
+        for s0, s1 in batches:
+            h = torch.from_numpy(np.ascontiguousarray(src[s0:s1])).to(device=device, dtype=dtype)
+            hooks.next_batch()
+            hooks.record(out_name, norm(h), None)
+    finally:
+        _free(norm)
+
+
+def _ordered_stats(stats_obs: InputStatsObserver | None, source) -> dict[str, ChannelStats]:
+    if stats_obs is None:
+        return {}
+    order = [t.gguf_name for t in source.tensors if t.gguf_name in stats_obs.stats]
+    return {name: stats_obs.stats[name] for name in order}
+
+
+def _check_finite(result: CalibrationResult, options: RunnerOptions) -> None:
+    bad = [n for n, st in result.stats.items() if not st.is_finite()]
+    if bad:
+        raise ImatrixError(
+            f"non-finite activations in {len(bad)} linears (first: {bad[0]})",
+            hint="run calibration in float32 (dtype float32); the model may overflow in "
+            f"{options.dtype}" if options.dtype != "float32" else
+            "the model's weights or the calibration text produce inf/NaN activations",
+        )

@@ -1,0 +1,92 @@
+"""compute_imatrix: calibration text -> sequential forward pass -> ImatrixData."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from aqrecipe.calibration.checkpoint import WorkDir, sha256_json
+from aqrecipe.calibration.data import CalibrationSpec, calibration_windows, load_tokenizer
+from aqrecipe.calibration.observers import LinearObserver
+from aqrecipe.calibration.runner import CalibrationResult, RunnerOptions, run_calibration
+from aqrecipe.errors import CalibrationDataError
+from aqrecipe.imatrix.data import ImatrixData
+
+log = logging.getLogger(__name__)
+
+
+def tool_version() -> str:
+    """aqrecipe + the libraries whose arithmetic shapes the statistics' bits."""
+    import numpy
+    import torch
+    import transformers
+
+    from aqrecipe import __version__
+
+    return f"aqrecipe {__version__}; torch {torch.__version__}; transformers {transformers.__version__}; " \
+           f"numpy {numpy.__version__}"
+
+
+def run_components(source: Any, spec: CalibrationSpec, windows: Any, options: RunnerOptions,
+                   observers: Sequence[LinearObserver] = ()) -> dict[str, str]:
+    """The fingerprint components of a calibration run (see checkpoint.fingerprint)."""
+    data = hashlib.sha256(sha256_json(spec.to_dict()).encode())
+    data.update(windows.tobytes())
+    return {
+        "model": source.fingerprint(),
+        "calibration": data.hexdigest(),
+        "options": sha256_json({"runner": options.result_relevant(),
+                                "observers": sorted(o.key for o in observers)}),
+        "version": hashlib.sha256(tool_version().encode()).hexdigest(),
+    }
+
+
+def calibrate(model_ref: Any, spec: CalibrationSpec = CalibrationSpec(),
+              work_dir: str | os.PathLike[str] | None = None, *, restart: bool = False,
+              options: RunnerOptions = RunnerOptions(), observers: Sequence[LinearObserver] = (),
+              quiet: bool = False, base_dir: Path | None = None) -> CalibrationResult:
+    """Run the calibration pass (resumable when ``work_dir`` is given)."""
+    from aqrecipe.models import ModelSource, open_model
+
+    source = model_ref if isinstance(model_ref, ModelSource) else open_model(model_ref, base_dir)
+    if source.tokenizer_dir is None:
+        raise CalibrationDataError(
+            f"model {source.path} has no tokenizer files (tokenizer.json / tokenizer.model)",
+            hint="calibration tokenizes text with the model's own tokenizer; add its tokenizer files",
+        )
+    windows = calibration_windows(spec, load_tokenizer(str(source.tokenizer_dir)))
+    log.info("calibration: %d samples x %d tokens from %s", spec.samples, spec.seq_len, spec.describe())
+    if work_dir is None:
+        return run_calibration(source, windows, options=options, observers=observers, quiet=quiet)
+    components = run_components(source, spec, windows, options, observers)
+    with WorkDir(work_dir, components, n_stages=source.arch.n_layers + 1, restart=restart) as work:
+        return run_calibration(source, windows, options=options, work=work, observers=observers, quiet=quiet)
+
+
+def compute_imatrix(model_ref: Any, spec: CalibrationSpec = CalibrationSpec(),
+                    work_dir: str | os.PathLike[str] | None = None, *, output: str | os.PathLike[str] | None = None,
+                    restart: bool = False, options: RunnerOptions = RunnerOptions(),
+                    quiet: bool = False, base_dir: Path | None = None) -> ImatrixData:
+    """The importance matrix of ``model_ref`` ("demo", a folder or a ModelSource).
+
+    With ``work_dir`` the run checkpoints after every layer and resumes a killed
+    run (same fingerprint) to the same bytes. ``output`` (.gguf or .dat) is
+    written atomically when given.
+    """
+    result = calibrate(model_ref, spec, work_dir, restart=restart, options=options,
+                       quiet=quiet, base_dir=base_dir)
+    data = imatrix_from_result(result, spec)
+    if output is not None:
+        from aqrecipe.imatrix.io import save_imatrix
+
+        save_imatrix(data, output)
+        log.info("wrote imatrix %s (%d tensors)", output, len(data))
+    return data
+
+
+def imatrix_from_result(result: CalibrationResult, spec: CalibrationSpec) -> ImatrixData:
+    return ImatrixData.from_channel_stats(result.stats, datasets=[spec.describe()],
+                                          chunk_count=result.n_samples, chunk_size=result.seq_len)
