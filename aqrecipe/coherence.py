@@ -60,6 +60,7 @@ class CoherenceResult:
     loop_share: float
     non_finite_logits: bool
     generations: dict[str, str] = field(default_factory=dict)
+    quality: dict[str, Any] = field(default_factory=dict)  # the evaluation behind the PPL / top-1 checks
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,6 +136,7 @@ def check_coherence(model: Path, reference: Path, spec: CoherenceSpec = Coherenc
         loop_share=loop_share,
         non_finite_logits=non_finite,
         generations=generations,
+        quality=report.to_dict(),
     )
 
 
