@@ -132,6 +132,7 @@ class ApplyOptions:
     work_dir: Path | None = None  # layer checkpoints; default beside the output
     restart: bool = False  # discard checkpoints of an earlier run
     quiet: bool = False
+    extra_rules: tuple[Rule, ...] = ()  # --set rules, re-applied when the stages replan
 
 
 def default_work_dir(dest: Path) -> Path:
@@ -145,6 +146,7 @@ def run_apply(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyOptio
     Stages: importance matrix -> pack + write (atomic) -> evaluate -> coherence check.
     """
     from .imatrix_stage import resolve_imatrix
+    from .stages import replan, run_stages
 
     check_output_folder(dest)
     work_dir = options.work_dir or default_work_dir(dest)
@@ -154,6 +156,12 @@ def run_apply(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyOptio
         plan, recipe, imatrix_path=options.imatrix_path, work_dir=work_dir, restart=options.restart, quiet=options.quiet
     )
     seconds["imatrix"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    outcome = run_stages(plan, recipe, imatrix, work_dir)
+    if recipe is not None:
+        plan = replan(recipe, options.extra_rules, outcome, plan)
+    imatrix = outcome.imatrix
+    seconds["stages"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     log.info("packing %d tensors (%s, %.3f bpw) -> %s", len(plan.entries), plan.mixture or "custom", plan.bits_per_weight, dest)
     write_plan_gguf(plan, dest, imatrix=imatrix)
@@ -166,7 +174,7 @@ def run_apply(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyOptio
         t1 = time.perf_counter()
         quality = evaluate_output(plan, dest, eval_spec, recipe)
         seconds["evaluate"] = time.perf_counter() - t1
-    extra: dict[str, Any] = {"imatrix": bool(imatrix)}
+    extra: dict[str, Any] = {"imatrix": imatrix is not None, **outcome.report}
     coherence = run_coherence(plan, recipe, dest)
     if coherence is not None:
         extra["coherence"] = coherence

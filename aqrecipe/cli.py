@@ -111,6 +111,8 @@ def _apply_options(args: argparse.Namespace) -> Any:
         work_dir=Path(args.work_dir) if args.work_dir else None,
         restart=args.restart,
         quiet=args.quiet or args.json,
+        # quantize already wrote its --set rules into the recipe it built
+        extra_rules=tuple(_set_rules(args)) if args.command == "apply" else (),
     )
 
 
@@ -136,7 +138,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from .apply import run_apply
     from .shortcut import shortcut_recipe
 
-    recipe = shortcut_recipe(args.model, args.type, set_options=args.set or [], output=args.output, imatrix=args.imatrix)
+    recipe = shortcut_recipe(
+        args.model,
+        args.type,
+        set_options=args.set or [],
+        output=args.output,
+        imatrix=args.imatrix,
+        protect_super_weights=args.protect_super_weights,
+        target_bpw=args.target_bpw,
+    )
     if args.emit_recipe:
         from .recipe import dump_recipe_yaml
 
@@ -233,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output .gguf")
     p.add_argument("--set", action="append", metavar="PATTERN=TYPE", help="per-tensor override")
     p.add_argument("--emit-recipe", action="store_true", help="print the equivalent recipe and exit")
+    p.add_argument("--protect-super-weights", action="store_true", help="find super weights, keep their tensors at Q8_0")
+    p.add_argument("--target-bpw", type=float, metavar="BPW", help="let the planner choose per-tensor types for this size")
     _add_eval_flags(p)
 
     p = add("eval", cmd_eval, "perplexity, KL divergence and top-1 agreement of a model")

@@ -40,6 +40,8 @@ def shortcut_recipe(
     set_options: Sequence[str] = (),
     output: str | None = None,
     imatrix: str | None = None,
+    protect_super_weights: bool = False,
+    target_bpw: float | None = None,
 ) -> Recipe:
     """The recipe equivalent to ``quantize MODEL --type T [--set P=T ...] [--imatrix F] [-o OUT]``."""
     model_ref = model if model == "demo" else str(Path(model).resolve())
@@ -52,6 +54,12 @@ def shortcut_recipe(
     }
     if imatrix:
         data["imatrix"] = {"type": "file", "path": str(Path(imatrix).resolve())}
+    elif protect_super_weights or target_bpw is not None:
+        data["imatrix"] = {"type": "compute"}  # both techniques read the importance matrix
+    if protect_super_weights:
+        data["super_weights"] = {"detect": {"type": "combined"}, "protect": {"type": "raise-tensor"}}
+    if target_bpw is not None:
+        data["planner"] = {"type": "budget", "target_bpw": target_bpw}
     if output:
         data["output"] = {"format": "gguf", "path": str(Path(output).resolve())}
     return recipe_from_dict(data)

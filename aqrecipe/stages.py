@@ -1,0 +1,88 @@
+"""Stages of ``apply`` that turn statistics into extra tensor rules before packing.
+
+After the importance matrix: super-weight protection (raise the tensors that
+hold super weights, emphasise their imatrix columns) and the dynamic planner
+(one type per tensor under a size budget). Both produce exact-name rules, so
+their result is an ordinary plan that ``compile`` could have printed.
+
+Rule precedence within exact names (first wins): ``--set`` from the CLI,
+protection, the planner, then the recipe's own rules.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from .plan import Plan, Rule
+    from .recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageOutcome:
+    """The rules the stages add, the (possibly boosted) imatrix and what to report."""
+
+    rules: list[Rule] = field(default_factory=list)
+    imatrix: Any = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def protect_super_weights(
+    plan: Plan, recipe: Recipe, imatrix: Any, work_dir: Path, outcome: StageOutcome
+) -> None:
+    """Detect super weights and add protection rules / imatrix boost (recipe ``super_weights``)."""
+    from .importance import SuperWeightsSection, analyze_importance, protect_plan, save_importance
+    from .models import open_model
+
+    section = SuperWeightsSection.from_dict(recipe.stage("super_weights"))
+    if not section.enabled:
+        return
+    found = analyze_importance(open_model(plan.model_path), section.detect, imatrix=imatrix)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    save_importance(found, work_dir / "importance.json")
+    rules, boosted = protect_plan([], imatrix, found, section)
+    outcome.rules.extend(rules)
+    outcome.imatrix = boosted
+    outcome.report["super_weights"] = {
+        "verdict": found.verdict,
+        "found": [sw.to_dict() for sw in found.super_weights],
+        "protection_rules": [f"{r.pattern} -> {r.type}" for r in rules],
+        "importance_file": str(work_dir / "importance.json"),
+    }
+    log.info("super weights: %s; %d protection rule(s)", found.verdict, len(rules))
+
+
+def run_stages(plan: Plan, recipe: Recipe | None, imatrix: Any, work_dir: Path) -> StageOutcome:
+    """Run the rule-producing stages the recipe asks for."""
+    outcome = StageOutcome(imatrix=imatrix)
+    if recipe is None:
+        return outcome
+    if recipe.stage("super_weights") is not None:
+        protect_super_weights(plan, recipe, outcome.imatrix, work_dir, outcome)
+    if recipe.stage("planner") is not None:
+        plan_with_budget(plan, recipe, outcome.imatrix, work_dir, outcome)
+    return outcome
+
+
+def plan_with_budget(plan: Plan, recipe: Recipe, imatrix: Any, work_dir: Path, outcome: StageOutcome) -> None:
+    """Measure sensitivities and solve the budget (recipe ``planner``); adds exact-name rules."""
+    from .planner import plan_dynamic
+
+    rules, report = plan_dynamic(plan.model_path, recipe.stage("planner"), imatrix, work_dir / "planner",
+                                 fixed_rules=tuple(outcome.rules))
+    outcome.rules.extend(rules)
+    outcome.report["planner"] = report.to_dict() if hasattr(report, "to_dict") else report
+
+
+def replan(recipe: Recipe, cli_rules: Sequence[Rule], outcome: StageOutcome, original: Plan) -> Plan:
+    """The plan with the stages' rules (unchanged when they added none)."""
+    if not outcome.rules:
+        return original
+    from .apply import plan_from_recipe
+
+    return plan_from_recipe(recipe, extra_rules=list(cli_rules) + outcome.rules)
