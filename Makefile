@@ -26,6 +26,7 @@ install: $(DEPS_STAMP)
 	$(VENV)/bin/maturin develop --release --quiet --skip-install
 
 demo: install
+	mkdir -p $(OUT)
 	$(VENV)/bin/aqrecipe apply recipes/demo.yaml -o $(OUT)/demo.gguf --report $(OUT)/demo-report.json
 
 cargo-test:
