@@ -1,0 +1,200 @@
+"""Measure a model: proxy for every (tensor, type), KLD for a subset or all; resumable.
+
+Work folder layout (``<work_dir>/measure-<key>/``, key = model fingerprint +
+imatrix hash + candidates)::
+
+    proxy-<stage>.json          proxies of one decoder layer's tensors (stage "global": token_embd/output)
+    kld-<wkey>-<stage>.json     measured KLDs of that stage's tensors (wkey: samples, seq_len, seed)
+    measurement-<skey>.json     the finished :class:`Measurement` (skey: all settings), reused by
+                                every later budget
+
+Proxies do not depend on the KLD settings, and KLD files grow when more
+tensors are asked for, so changing ``calibrate_tensors`` or the samples
+reuses everything already measured.
+
+Every file is written atomically when its stage finishes, so a killed run
+redoes at most one stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..fileio import atomic_write_text
+from ..plan import is_quantizable
+from .config import MeasurementSpec
+from .fit import fit_calibration
+from .measurement import (Measurement, TensorMeasurement, TypeOption, candidate_types, imatrix_hash,
+                          layer_of, role_of, tensor_bytes)
+from .proxy import can_quantize, proxy_error, round_trip
+
+log = logging.getLogger(__name__)
+MAX_CALIBRATION_TYPES = 5
+
+
+def measurement_key(fingerprint: str, imx_hash: str, candidates: tuple[str, ...], extra: dict | None = None) -> str:
+    """Folder key (model, imatrix, candidates); with ``extra`` the key of a settings-dependent file."""
+    blob = json.dumps({"model": fingerprint, "imatrix": imx_hash, "candidates": list(candidates),
+                       "extra": extra}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _evenly(items: list, k: int) -> list:
+    if k >= len(items):
+        return list(items)
+    if k <= 0:
+        return []
+    idx = sorted({int(round(i)) for i in np.linspace(0, len(items) - 1, k)})
+    return [items[i] for i in idx]
+
+
+def kld_subset(tensors: list[TensorMeasurement], n_tensors: int) -> dict[str, list[str]]:
+    """Tensors spread over roles and depth (round-robin by role), up to 5 types each spread over bpw."""
+    by_role: dict[str, list[TensorMeasurement]] = defaultdict(list)
+    for t in sorted(tensors, key=lambda t: (t.role, t.layer if t.layer is not None else -1, t.gguf_name)):
+        by_role[t.role].append(t)
+    roles = sorted(by_role)
+    quota = {r: 0 for r in roles}
+    for i in range(min(n_tensors, len(tensors))):
+        while True:
+            r = roles[i % len(roles)]
+            if quota[r] < len(by_role[r]):
+                quota[r] += 1
+                break
+            i += 1
+    chosen = [t for r in roles for t in _evenly(by_role[r], quota[r])]
+    return {t.gguf_name: [o.type for o in _evenly(list(t.options), MAX_CALIBRATION_TYPES)] for t in chosen}
+
+
+class _Stage:
+    """Reads or computes one checkpoint file."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def get(self, name: str, compute: Callable[[list[str]], dict], members: list[str]) -> dict:
+        """The stage's results for ``members``: those on disk, plus the missing ones computed and saved."""
+        path = self.folder / name
+        data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        missing = [m for m in members if m not in data]
+        if missing:
+            data.update(compute(missing))
+            atomic_write_text(path, json.dumps(data, sort_keys=True))
+        return {m: data[m] for m in members}
+
+
+def measure(source: Any, imatrix: Any, candidates: tuple[str, ...], spec: MeasurementSpec,
+            work_dir: Path | None, *, n_threads: int | None = None) -> Measurement:
+    """The :class:`Measurement` of ``source`` (read from ``work_dir`` when already measured)."""
+    imx = imatrix_hash(imatrix)
+    key = measurement_key(source.fingerprint(), imx, tuple(candidates))
+    wkey = measurement_key(source.fingerprint(), imx, tuple(candidates),
+                           {"samples": spec.samples, "seq_len": spec.seq_len, "seed": spec.seed})
+    final = f"measurement-{measurement_key(source.fingerprint(), imx, tuple(candidates), spec.__dict__)}.json"
+    folder = Path(work_dir) / f"measure-{key}" if work_dir is not None else None
+    if folder is not None and (folder / final).exists():
+        log.info("reusing measurement %s", folder / final)
+        return Measurement.load(folder / final)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    stage = _Stage(folder) if folder is not None else None
+
+    names = {t.gguf_name for t in source.tensors}
+    tied = "output.weight" not in names
+    infos = [t for t in source.tensors if is_quantizable(t.gguf_name, t.shape)]
+    fixed = [t for t in source.tensors if not is_quantizable(t.gguf_name, t.shape)]
+    probe_box: list[Any] = []
+
+    def probe() -> Any:
+        if not probe_box:
+            from .kld import KldProbe, calibration_token_windows
+
+            windows = calibration_token_windows(source, spec.samples, spec.seq_len, spec.seed)
+            probe_box.append(KldProbe(source, windows, n_threads=n_threads))
+        return probe_box[0]
+
+    def importance(name: str) -> np.ndarray | None:
+        return imatrix.importance(name) if imatrix is not None else None
+
+    def error_weight(name: str) -> np.ndarray | None:
+        imp = importance(name)
+        if imp is None and name == "token_embd.weight" and tied and spec.calibrate_tensors + (spec.type == "kld") > 0:
+            return probe().output_importance  # a tied token_embd is the output head too
+        return imp
+
+    stages: dict[str, list] = defaultdict(list)
+    for info in infos:
+        layer = layer_of(info.gguf_name)
+        stages["global" if layer is None else f"{layer:04d}"].append(info)
+
+    by_name = {i.gguf_name: i for i in infos}
+
+    def proxy_stage(members: list[str]) -> dict:
+        out: dict[str, dict[str, float]] = {}
+        for info in (by_name[n] for n in members):
+            w = np.asarray(source.read(info.hf_name), dtype=np.float32).reshape(-1, info.shape[-1])
+            imp, weight = importance(info.gguf_name), error_weight(info.gguf_name)
+            out[info.gguf_name] = {
+                t: proxy_error(w, round_trip(w, t, imp), weight)
+                for t in candidate_types(candidates, info.shape[-1]) if can_quantize(t, imp)
+            }
+        return out
+
+    proxies: dict[str, dict[str, float]] = {}
+    for name in sorted(stages):
+        log.info("proxy stage %s (%d tensors)", name, len(stages[name]))
+        members = [i.gguf_name for i in stages[name]]
+        proxies.update(stage.get(f"proxy-{name}.json", proxy_stage, members) if stage else proxy_stage(members))
+
+    def build(klds: dict[str, dict[str, float]]) -> list[TensorMeasurement]:
+        return [
+            TensorMeasurement(
+                gguf_name=i.gguf_name, hf_name=i.hf_name, role=role_of(i.gguf_name, tied_output=tied),
+                layer=layer_of(i.gguf_name), shape=tuple(int(d) for d in i.shape),
+                n_params=int(np.prod(i.shape)),
+                options=tuple(TypeOption(t, tensor_bytes(t, tuple(i.shape)), p, klds.get(i.gguf_name, {}).get(t))
+                              for t, p in sorted(proxies[i.gguf_name].items(),
+                                                 key=lambda kv: (tensor_bytes(kv[0], tuple(i.shape)), kv[0]))),
+            )
+            for i in infos
+        ]
+
+    tensors = build({})
+    if spec.type == "kld":
+        wanted = {t.gguf_name: [o.type for o in t.options] for t in tensors}
+    else:
+        wanted = kld_subset(tensors, spec.calibrate_tensors)
+    def kld_stage(members: list[str]) -> dict:
+        out: dict[str, dict[str, float]] = {}
+        for gname in members:
+            info = by_name[gname]
+            w = np.asarray(source.read(info.hf_name), dtype=np.float32).reshape(-1, info.shape[-1])
+            out[gname] = {t: probe().kld(info.hf_name, round_trip(w, t, importance(gname)).reshape(info.shape))
+                          for t in wanted[gname]}
+            log.info("kld %s: %s", gname, out[gname])
+        return out
+
+    klds: dict[str, dict[str, float]] = {}
+    for name in sorted(stages):
+        members = [i.gguf_name for i in stages[name] if i.gguf_name in wanted]
+        if members:
+            klds.update(stage.get(f"kld-{wkey}-{name}.json", kld_stage, members) if stage else kld_stage(members))
+
+    m = Measurement(
+        model_fingerprint=source.fingerprint(), imatrix_hash=imx, candidates=tuple(candidates),
+        method=spec.type, tensors=tuple(build(klds)),
+        fixed_bytes=sum(4 * int(np.prod(t.shape)) for t in fixed),
+        fixed_params=sum(int(np.prod(t.shape)) for t in fixed),
+        settings={**spec.__dict__, "tied_output": tied},
+    )
+    m = m.with_calibration(fit_calibration(m))
+    if folder is not None:
+        m.save(folder / final)
+    return m

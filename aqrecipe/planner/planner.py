@@ -1,0 +1,116 @@
+"""Measurement + budget -> one type per tensor -> exact-name rules for :func:`aqrecipe.plan.compile_plan`."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+from ..errors import InfeasibleBudgetError, PlanError
+from ..plan import PlanSpec, Rule
+from ..plan.render import human_bytes
+from .measurement import Measurement
+from .solver import Group, Option, Solution, min_bytes, min_error_choice, smallest_size_for_error, solve_dp, solve_lagrangian
+
+#: problems up to this many (groups x options x grid cells) use the exact DP
+DP_WORK_LIMIT = 40_000_000
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Total file-tensor bytes (fixed tensors included) and/or a cap on predicted total KLD."""
+
+    total_bytes: int | None = None
+    max_kld: float | None = None
+
+    @classmethod
+    def from_bpw(cls, bpw: float, m: Measurement, max_kld: float | None = None) -> Budget:
+        return cls(int(bpw * m.n_params / 8), max_kld)
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    types: dict[str, str]  # gguf name -> type, in model order
+    total_bytes: int  # all tensors, fixed ones included
+    predicted_kld: float
+    method: str
+
+
+def groups_of(m: Measurement) -> list[Group]:
+    """One group per tensor, sorted by name; options sorted by (bytes, type)."""
+    return [
+        Group(t.gguf_name, tuple(Option(o.type, o.n_bytes, m.predicted(t, o))
+                                 for o in sorted(t.options, key=lambda o: (o.n_bytes, o.type))))
+        for t in sorted(m.tensors, key=lambda t: t.gguf_name)
+    ]
+
+
+def _solve(groups: list[Group], budget: int, method: str) -> Solution | None:
+    if method == "auto":
+        cells = min(budget, 1 << 16)
+        method = "dp" if len(groups) * max(len(g.options) for g in groups) * cells <= DP_WORK_LIMIT else "lagrangian"
+    return solve_dp(groups, budget) if method == "dp" else solve_lagrangian(groups, budget)
+
+
+def _infeasible(m: Measurement, groups: list[Group], budget: Budget, best: Solution | None) -> InfeasibleBudgetError:
+    fixed = m.fixed_bytes
+    parts = []
+    if budget.total_bytes is not None:
+        if best is None:
+            parts.append(f"the size budget {human_bytes(budget.total_bytes)} is below the smallest possible "
+                         f"model, {human_bytes(min_bytes(groups) + fixed)}")
+        else:
+            parts.append(f"the best predicted KLD within {human_bytes(budget.total_bytes)} is "
+                         f"{best.total_error:.5g}, above the cap {budget.max_kld:.5g}")
+    if budget.max_kld is not None:
+        need = smallest_size_for_error(groups, budget.max_kld)
+        if need is None:
+            lowest = sum(g.options[i].error for g, i in zip(groups, min_error_choice(groups)))
+            parts.append(f"no assignment of the candidates reaches KLD {budget.max_kld:.5g} "
+                         f"(the lowest predicted is {lowest:.5g})")
+        else:
+            parts.append(f"the smallest size meeting KLD <= {budget.max_kld:.5g} is about "
+                         f"{human_bytes(need + fixed)} ({need + fixed} bytes, "
+                         f"{8 * (need + fixed) / m.n_params:.3f} bpw)")
+    return InfeasibleBudgetError(
+        "no type assignment meets both the size budget and the quality cap: " + "; ".join(parts),
+        hint="raise target_bpw/target_bytes, relax max_kld, or add higher-precision candidates",
+    )
+
+
+def solve_plan(m: Measurement, budget: Budget, *, method: str = "auto") -> PlanResult:
+    """Minimise predicted KLD under ``budget.total_bytes`` (or, with only a cap, minimise size).
+
+    Raises :class:`InfeasibleBudgetError` when no assignment meets both.
+    """
+    if budget.total_bytes is None and budget.max_kld is None:
+        raise PlanError("the budget has neither a size nor a quality cap", hint="give target_bpw or max_kld")
+    groups = groups_of(m)
+    if budget.total_bytes is None:
+        need = smallest_size_for_error(groups, budget.max_kld)
+        if need is None:
+            raise _infeasible(m, groups, budget, None)
+        sol = _solve(groups, need, method)
+    else:
+        sol = _solve(groups, budget.total_bytes - m.fixed_bytes, method)
+        if sol is None or (budget.max_kld is not None and sol.total_error > budget.max_kld):
+            raise _infeasible(m, groups, budget, sol)
+    assert sol is not None
+    chosen = {g.name: g.options[i].label for g, i in zip(groups, sol.choice)}
+    types = {t.gguf_name: chosen[t.gguf_name] for t in m.tensors}
+    return PlanResult(types, sol.total_bytes + m.fixed_bytes, sol.total_error, sol.method)
+
+
+def plan_types(m: Measurement, budget: Budget, *, method: str = "auto") -> dict[str, str]:
+    """gguf name -> type for every quantizable tensor (see :func:`solve_plan`)."""
+    return solve_plan(m, budget, method=method).types
+
+
+def as_rules(types: dict[str, str], *, origin: str = "planner") -> tuple[Rule, ...]:
+    """Exact-name rules, one per tensor (they beat any regex or glob rule)."""
+    return tuple(Rule(pattern=name, type=t, kind="exact", origin=origin) for name, t in types.items())
+
+
+def as_plan_spec(types: dict[str, str]) -> PlanSpec:
+    """A PlanSpec whose exact rules reproduce ``types``; the default is the type with most tensors."""
+    default = sorted(Counter(types.values()).items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+    return PlanSpec(default=default, rules=as_rules(types))

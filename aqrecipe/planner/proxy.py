@@ -1,0 +1,39 @@
+"""The cheap sensitivity proxy: imatrix-weighted squared error of a quantize-dequantize round trip.
+
+For a weight ``W`` (rows x columns, a GGUF row is one output's input weights)
+and per-column importance ``a`` (mean x^2 of the input, from the imatrix)::
+
+    proxy = sum_c a[c] * sum_r (W - W_hat)[r, c]^2  /  sum_c a[c] * sum_r W[r, c]^2
+
+i.e. the expected relative energy of the output error ``(W - W_hat) x`` under
+a diagonal input covariance. Normalised per tensor, so it is comparable across
+tensors of different sizes; the role calibration maps it to predicted KLD.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import codecs
+from ..blocktypes import NEEDS_IMATRIX
+
+
+def round_trip(w: np.ndarray, type_name: str, importance: np.ndarray | None) -> np.ndarray:
+    """``dequantize(quantize(w))`` with the importance the packer would use."""
+    packed = codecs.quantize(w, type_name, importance)
+    return codecs.dequantize(packed, type_name, w.shape)
+
+
+def proxy_error(w: np.ndarray, w_hat: np.ndarray, weight: np.ndarray | None) -> float:
+    """The normalised imatrix-weighted squared error (0 for a lossless round trip)."""
+    w = np.asarray(w, dtype=np.float64).reshape(-1, w.shape[-1])
+    d = w - np.asarray(w_hat, dtype=np.float64).reshape(w.shape)
+    a = np.ones(w.shape[-1]) if weight is None else np.asarray(weight, dtype=np.float64)
+    num = float((d * d).sum(axis=0) @ a)
+    den = float((w * w).sum(axis=0) @ a)
+    return num / den if den > 0 else 0.0
+
+
+def can_quantize(type_name: str, importance: np.ndarray | None) -> bool:
+    """IQ1/IQ2 types need an importance matrix (llama.cpp refuses them without one)."""
+    return importance is not None or type_name not in NEEDS_IMATRIX
