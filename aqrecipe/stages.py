@@ -73,10 +73,11 @@ def plan_with_budget(plan: Plan, recipe: Recipe, imatrix: Any, work_dir: Path, o
     """Measure sensitivities and solve the budget (recipe ``planner``); adds exact-name rules."""
     from .planner import plan_dynamic
 
-    rules, report = plan_dynamic(plan.model_path, recipe.stage("planner"), imatrix, work_dir / "planner",
-                                 fixed_rules=tuple(outcome.rules))
-    outcome.rules.extend(rules)
-    outcome.report["planner"] = report.to_dict() if hasattr(report, "to_dict") else report
+    rules, report = plan_dynamic(plan.model_path, recipe.stage("planner"), imatrix, work_dir / "planner")
+    protected = {r.pattern for r in outcome.rules}  # protection wins over the planner's choice
+    outcome.rules.extend(r for r in rules if r.pattern not in protected)
+    files = report.save(work_dir / "planner-report")
+    outcome.report["planner"] = {"report_files": [str(f) for f in files], "tensors": len(rules)}
 
 
 def replan(recipe: Recipe, cli_rules: Sequence[Rule], outcome: StageOutcome, original: Plan) -> Plan:
