@@ -77,6 +77,7 @@ def plan_from_recipe(recipe: Recipe, *, extra_rules: Sequence[Rule] = (), model_
         model_ref=model_ref,
         recipe_text=recipe.source_text,
         recipe_path=str(recipe.source_path) if recipe.source_path else None,
+        options={"ternary_scale": recipe.quantization.ternary_scale},
     )
 
 
@@ -109,12 +110,13 @@ def write_plan_gguf(plan: Plan, dest: Path, *, imatrix: Any = None) -> None:
             hint="recompile the recipe (aqrecipe compile) and apply the new plan",
         )
     entries = {e.gguf_name: e for e in plan.entries}
+    absmean = plan.options.get("ternary_scale") == "absmean"
     planned = [PlannedTensor(e.gguf_name, e.hf_name, e.shape, e.type) for e in plan.entries]
 
     def produce(t: PlannedTensor):
         entry = entries[t.gguf_name]
         importance = imatrix.importance(entry.gguf_name) if imatrix is not None and entry.quantized else None
-        return pack_entry(source, entry, importance)
+        return pack_entry(source, entry, importance, ternary_absmean=absmean)
 
     metadata = {"aqrecipe.version": plan.tool_version, "aqrecipe.plan_sha256": plan.sha256()}
     if plan.recipe_text is not None:

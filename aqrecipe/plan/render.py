@@ -51,6 +51,12 @@ def render_plan(plan: Plan, *, verbose: bool = True) -> str:
         pairs = Counter((e.requested_type, e.type, e.shape[-1]) for e in plan.fallbacks)
         for (req, got, row), n in sorted(pairs.items()):
             lines.append(f"  {n:4d} x {req} -> {got} (row length {row})")
+    not_ternary = [e for e in plan.fallbacks if e.requested_type in ("TQ1_0", "TQ2_0")]
+    if not_ternary:
+        lines.append(
+            f"not ternary: {len(not_ternary)} tensors whose rows are not a multiple of 256 weights "
+            f"(e.g. {not_ternary[0].gguf_name}, row length {not_ternary[0].shape[-1]}) use {not_ternary[0].type}"
+        )
     for rule in plan.unused_rules:
         lines.append(f"warning: rule matches no tensor: {rule}")
     if plan.needs_imatrix:

@@ -14,7 +14,7 @@ _ORDER: dict[str, tuple[str, ...]] = {
     "": ("version", "name", "description", "model", "output", "imatrix", "super_weights", "smoothquant",
          "planner", "quantization", "evaluation", "coherence"),
     "output": ("format", "path"),
-    "quantization": ("mixture", "default", "rules", "allow_without_imatrix"),
+    "quantization": ("mixture", "default", "rules", "allow_without_imatrix", "ternary_scale"),
     "rules": ("match", "type"),
     "evaluation": ("enabled", "text", "chunks", "context"),
 }

@@ -85,6 +85,7 @@ class QuantizationSpec:
     default: str | None = None
     rules: tuple[TensorRule, ...] = ()
     allow_without_imatrix: bool = False
+    ternary_scale: str = "absmax"
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -95,6 +96,8 @@ class QuantizationSpec:
         out["rules"] = [r.to_dict() for r in self.rules]
         if self.allow_without_imatrix:
             out["allow_without_imatrix"] = True
+        if self.ternary_scale != "absmax":
+            out["ternary_scale"] = self.ternary_scale
         return out
 
 
@@ -200,7 +203,8 @@ def build_recipe(data: dict[str, Any], *, source_path: Path | None = None, sourc
         model=data["model"],
         output=OutputSpec(format=out.get("format", "gguf"), path=out.get("path")),
         quantization=QuantizationSpec(mixture=quant.get("mixture"), default=quant.get("default"), rules=rules,
-                                      allow_without_imatrix=bool(quant.get("allow_without_imatrix", False))),
+                                      allow_without_imatrix=bool(quant.get("allow_without_imatrix", False)),
+                                      ternary_scale=quant.get("ternary_scale", "absmax")),
         evaluation=EvaluationSpec(
             enabled=bool(ev.get("enabled", defaults.enabled)),
             text=ev.get("text", defaults.text),
