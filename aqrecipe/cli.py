@@ -185,6 +185,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from .importance.cli import run
+
+    return run(args)
+
+
 def cmd_imatrix(args: argparse.Namespace) -> int:
     from .imatrix.cli import run_imatrix_command
 
@@ -256,6 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("inspect", cmd_inspect, "describe a GGUF file, a plan or an imatrix")
     p.add_argument("path")
+
+    p = sub.add_parser("report", help="importance report: per-layer table, super weights, --plot PNG")
+    p.set_defaults(func=cmd_report)
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    from .importance.cli import add_arguments as add_report_arguments
+
+    add_report_arguments(p)
 
     p = sub.add_parser("imatrix", help="compute, show or convert importance matrices")
     p.set_defaults(func=cmd_imatrix)

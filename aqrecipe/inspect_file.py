@@ -73,6 +73,11 @@ def inspect_path(path: Path) -> tuple[dict[str, Any], str]:
     if path.suffix == ".json":
         from .plan import load_plan, render_plan
 
+        if '"aqrecipe.importance/' in path.read_text(encoding="utf-8", errors="replace")[:4096]:
+            from .importance import load_importance, summarize_importance
+
+            return summarize_importance(load_importance(path))
+
         plan = load_plan(path)
         return plan.to_dict(), render_plan(plan)
     if path.suffix == ".dat":

@@ -35,3 +35,11 @@ def test_combined_recipe_end_to_end(tiny_llama_dir: Path, tmp_path: Path, capsys
     again = tmp_path / "again.gguf"
     assert main(["apply", str(recipe), "-o", str(again), "-q", "--work-dir", str(tmp_path / ".aqrecipe-work" / "o.gguf")]) == 0
     assert again.read_bytes() == out.read_bytes()
+    # the importance file of the run: report with a plot, and inspect
+    importance = Path(result["super_weights"]["importance_file"])
+    png = tmp_path / "importance.png"
+    capsys.readouterr()
+    assert main(["report", str(importance), "--plot", str(png)]) == 0
+    assert "no clear super weight" in capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["inspect", str(importance), "--json"]) == 0
