@@ -150,6 +150,8 @@ def run_apply(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyOptio
     from .imatrix_stage import resolve_imatrix
     from .stages import replan, run_stages
 
+    if recipe is not None and recipe.stage("smoothquant") is not None:
+        return run_smoothquant_apply(plan, recipe, dest, options)
     check_output_folder(dest)
     work_dir = options.work_dir or default_work_dir(dest)
     seconds: dict[str, float] = {}
@@ -187,6 +189,42 @@ def run_apply(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyOptio
         write_report(result, options.report_path)
         result = replace(result, report_path=options.report_path)
     return result
+
+
+def run_smoothquant_apply(plan: Plan, recipe: Recipe, dest: Path, options: ApplyOptions) -> ApplyResult:
+    """W8A8 recipes: smooth, then write compressed-tensors (a folder) or a Q8_0 GGUF per the section.
+
+    Calibration data come from ``imatrix.calibration`` when the recipe has it, else the defaults.
+    """
+    from .imatrix_stage import calibration_spec
+    from .smoothquant import run_smoothquant
+
+    t0 = time.perf_counter()
+    imatrix_section = recipe.stage("imatrix") or {}
+    spec = calibration_spec(imatrix_section.get("calibration"), recipe)
+    ev = recipe.evaluation
+    do_eval = options.evaluate if options.evaluate is not None else ev.enabled
+    result = run_smoothquant(
+        recipe.stage("smoothquant"),
+        plan.model_path,
+        spec,
+        (options.work_dir or default_work_dir(dest)) / "smoothquant",
+        output=dest,
+        evaluate=do_eval,
+        eval_chunks=ev.chunks,
+        eval_context=ev.context,
+        eval_text=recipe.resolve_path(ev.text) if ev.text else None,
+        quiet=options.quiet,
+    )
+    data = result.to_dict()
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) if dest.is_dir() else (
+        dest.stat().st_size if dest.exists() else 0)
+    out = ApplyResult(output=dest, plan=plan, output_bytes=size, seconds={"smoothquant": time.perf_counter() - t0},
+                      quality=data.get("quality"), extra={"smoothquant": data})
+    if options.report_path is not None:
+        write_report(out, options.report_path)
+        out = replace(out, report_path=options.report_path)
+    return out
 
 
 def run_coherence(plan: Plan, recipe: Recipe | None, dest: Path) -> dict[str, Any] | None:

@@ -43,3 +43,21 @@ def test_combined_recipe_end_to_end(tiny_llama_dir: Path, tmp_path: Path, capsys
     assert "no clear super weight" in capsys.readouterr().out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["inspect", str(importance), "--json"]) == 0
+
+
+def test_smoothquant_recipe_writes_a_q8_0_gguf(tiny_llama_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = tmp_path / "w8a8.yaml"
+    recipe.write_text(
+        f"version: 1\nmodel: {tiny_llama_dir}\n"
+        "imatrix:\n  type: compute\n  calibration: {samples: 128, seq_len: 16}\n"
+        "smoothquant:\n  alpha: 0.5\n  output: {type: gguf-q8_0}\n"
+        "quantization: {mixture: Q8_0}\nevaluation: {enabled: true, chunks: 2, context: 32}\n"
+    )
+    out = tmp_path / "w8a8.gguf"
+    assert main(["apply", str(recipe), "-o", str(out), "--json", "-q"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    sq = result["smoothquant"]
+    assert sq["alpha"] == 0.5 and sq["equivalence_max_rel_logit_diff"] < 1e-4
+    assert result["quality"]["kld_mean"] < 1e-3
+    types = {t.tensor_type.name for t in gguf.GGUFReader(str(out)).tensors}
+    assert types == {"F32", "Q8_0"}
