@@ -29,6 +29,7 @@ from typing import Mapping
 import numpy as np
 
 from aqrecipe.errors import ResumeError
+from aqrecipe.fileio import atomic_output
 
 log = logging.getLogger(__name__)
 
@@ -53,30 +54,10 @@ def sha256_json(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def write_bytes_atomic(dest: Path, writer) -> None:
-    """Call ``writer(fileobj)`` on ``dest.tmp-<pid>``, fsync, rename over ``dest``."""
-    dest = Path(dest)
-    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            writer(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(dest.parent)
+    """Call ``writer(fileobj)`` on a temp file beside ``dest``, fsync, rename over ``dest``."""
+    with atomic_output(dest, "wb") as fh:
+        writer(fh)
 
 
 class WorkDir:
