@@ -103,63 +103,12 @@ def _build(kind: type, d: Mapping[str, Any] | None, where: str) -> Any:
 
 
 _NUM = {"type": "number"}
-SCHEMA_FRAGMENT: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "super_weights",
-    "description": "Find the few scalar 'super weights' whose removal breaks the model and keep them precise.",
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "enabled": {"type": "boolean", "default": True, "description": "false skips detection and protection."},
-        "detect": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["type"],
-            "description": "How super weights are found.",
-            "properties": {
-                "type": {"enum": list(DETECT_TYPES), "description":
-                         "activation: ffn_down output spikes (row) and input spikes (column); gradient: "
-                         "|W * dL/dW| outliers; combined: activation candidates ranked and confirmed by gradient."},
-                "spike_ratio": {**_NUM, "exclusiveMinimum": 1, "default": 50,
-                                "description": "A layer's max|ffn_down output| over the median of the other "
-                                               "layers' maxima must reach this."},
-                "min_weight_z": {**_NUM, "minimum": 0, "default": 6,
-                                 "description": "The weight's |value - mean| / std within its tensor must reach this."},
-                "min_share": {**_NUM, "exclusiveMinimum": 0, "maximum": 1, "default": 0.3,
-                              "description": "|W[r,c]| * max|x_c| must explain this share of the spike max|y_r|."},
-                "gradient_ratio": {**_NUM, "exclusiveMinimum": 1, "default": 20,
-                                   "description": "gradient type: a weight's |W*g| over the median of the per-tensor "
-                                                  "maxima of |W*g| must reach this."},
-                "confirm_ratio": {**_NUM, "minimum": 0, "default": 3,
-                                  "description": "combined type: an activation candidate is kept only when its |W*g| "
-                                                 "is at least this many times the median of the per-tensor ffn_down "
-                                                 "maxima of |W*g| (0 keeps every activation candidate)."},
-                "max_count": {"type": "integer", "minimum": 0, "default": 8, "description": "At most this many."},
-                "samples": {"type": "integer", "minimum": 1, "default": 8,
-                            "description": "Calibration windows per activation pass."},
-                "seq_len": {"type": "integer", "minimum": 2, "default": 128, "description": "Tokens per window."},
-                "gradient_samples": {"type": "integer", "minimum": 1, "default": 4,
-                                     "description": "Windows for the gradient pass (full-model autograd)."},
-                "seed": {"type": "integer", "minimum": 0, "default": 0, "description": "Window sampling seed."},
-            },
-        },
-        "protect": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["type"],
-            "description": "How found super weights are protected.",
-            "properties": {
-                "type": {"enum": list(PROTECT_TYPES), "description":
-                         "raise-tensor: tensors holding super weights get tensor_type and their columns an "
-                         "imatrix boost; imatrix-only: only the boost; none: detect and report only."},
-                "tensor_type": {"enum": list(PROTECT_TENSOR_TYPES), "default": "Q8_0",
-                                "description": "GGUF type for tensors that hold a super weight."},
-                "imatrix_boost": {**_NUM, "minimum": 1, "default": 100,
-                                  "description": "Factor on the imatrix importance of a super weight's column."},
-                "restore_values": {"type": "boolean", "default": True,
-                                   "description": "Simulated quantization / safetensors output: write the exact "
-                                                  "super-weight values back after quantization."},
-            },
-        },
-    },
-}
+def _section_schema() -> dict[str, Any]:
+    """This section's JSON Schema, taken from the recipe schema (the one source of truth)."""
+    from aqrecipe.recipe.schema import load_schema
+
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **load_schema()["$defs"]["super_weights"]}
+
+
+#: The ``super_weights:`` section of ``aqrecipe/data/recipe.schema.json``.
+SCHEMA_FRAGMENT: dict[str, Any] = _section_schema()

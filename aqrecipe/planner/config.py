@@ -82,47 +82,12 @@ class PlannerSpec:
         return d
 
 
-SCHEMA_FRAGMENT: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "planner",
-    "description": "Dynamic layer-wise quantization: measure each tensor's sensitivity per candidate type, "
-                   "then choose one type per tensor minimising predicted KLD under a size target and "
-                   "an optional quality cap. The result is a set of exact-name rules.",
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["type"],
-    "properties": {
-        "type": {"const": "budget", "description": "Planner kind: 'budget' (multiple-choice knapsack)."},
-        "target_bpw": {"type": "number", "exclusiveMinimum": 0, "maximum": 32,
-                       "description": "Target bits per weight over all tensors (norms included)."},
-        "target_bytes": {"type": "integer", "minimum": 1, "description": "Target total tensor bytes."},
-        "max_kld": {"type": "number", "exclusiveMinimum": 0,
-                    "description": "Cap on the predicted total KLD (nats/token). Alone: the smallest "
-                                   "model meeting it; with a size target: an error if both cannot hold."},
-        "candidates": {"type": "array", "minItems": 1, "uniqueItems": True,
-                       "items": {"enum": list(TYPE_NAMES)},
-                       "description": "Types to choose from; rows that do not fit a type's blocks use "
-                                      "llama.cpp's fallback."},
-        "measurement": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["type"],
-            "description": "How sensitivities are measured (saved and reused across budgets).",
-            "properties": {
-                "type": {"enum": list(_MEASUREMENT_TYPES),
-                         "description": "proxy: imatrix-weighted round-trip error calibrated to KLD; "
-                                        "kld: one forward pass per (tensor, type)."},
-                "samples": {"type": "integer", "minimum": 1, "maximum": 1024,
-                            "description": "Calibration windows for the KLD forward passes."},
-                "seq_len": {"type": "integer", "minimum": 2, "maximum": 8192,
-                            "description": "Tokens per calibration window."},
-                "calibrate_tensors": {"type": "integer", "minimum": 0,
-                                      "description": "proxy only: tensors measured exactly to fit the "
-                                                     "proxy -> KLD scale per role (0: uncalibrated)."},
-                "seed": {"type": "integer", "minimum": 0, "description": "Window sampling seed."},
-            },
-        },
-    },
-    "anyOf": [{"required": ["target_bpw"]}, {"required": ["target_bytes"]}, {"required": ["max_kld"]}],
-    "not": {"required": ["target_bpw", "target_bytes"]},
-}
+def _section_schema() -> dict[str, Any]:
+    """This section's JSON Schema, taken from the recipe schema (the one source of truth)."""
+    from aqrecipe.recipe.schema import load_schema
+
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **load_schema()["$defs"]["planner"]}
+
+
+#: The ``planner:`` section of ``aqrecipe/data/recipe.schema.json``.
+SCHEMA_FRAGMENT: dict[str, Any] = _section_schema()

@@ -32,72 +32,15 @@ _ALPHA = {"type": "number", "minimum": 0, "maximum": 1}
 _PATTERN_DOC = ("a tensor or module name, HF (model.layers.3.input_layernorm) or llama.cpp "
                 "(blk.3.attn_norm), '.weight' optional; '*' matches any text (e.g. the layer number)")
 
-SCHEMA_FRAGMENT: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "smoothquant",
-    "description": "SmoothQuant W8A8 for INT8 engines: migrate activation outliers into the weights "
-                   "(norm weight / s, linear input columns * s), then int8 per-channel weights and "
-                   "int8 activations.",
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "enabled": {"type": "boolean",
-                    "description": "false: plain W8A8 without smoothing (baseline)."},
-        "alpha": {"description": "Migration strength in [0, 1], or 'auto' (grid search on the "
-                                 "calibration loss of the simulated W8A8 model).",
-                  "oneOf": [_ALPHA, {"const": "auto"}]},
-        "alpha_grid": {"type": "array", "minItems": 1, "uniqueItems": True, "items": _ALPHA,
-                       "description": "alpha: auto only: the values tried (default 0.3..0.9 step 0.1)."},
-        "auto_samples": {"type": "integer", "minimum": 1, "maximum": 1024,
-                         "description": "alpha: auto only: calibration windows scored per alpha."},
-        "mappings": {
-            "description": "Which norms smooth which linears.",
-            "oneOf": [
-                {"type": "object", "additionalProperties": False, "required": ["type"],
-                 "description": "Inferred from the architecture: q/k/v after input_layernorm, "
-                                "gate/up after post_attention_layernorm (MoE: attention only).",
-                 "properties": {
-                     "type": {"const": "auto"},
-                     "overrides": {"type": "array", "description": "Per-norm alpha overrides.",
-                                   "items": {"type": "object", "additionalProperties": False,
-                                             "required": ["norm", "alpha"],
-                                             "properties": {"norm": {"type": "string", "minLength": 1,
-                                                                     "description": _PATTERN_DOC},
-                                                            "alpha": _ALPHA}}}}},
-                {"type": "object", "additionalProperties": False, "required": ["type", "groups"],
-                 "description": "Explicit groups: a norm and the linears that read its output.",
-                 "properties": {
-                     "type": {"const": "explicit"},
-                     "groups": {"type": "array", "minItems": 1, "items": {
-                         "type": "object", "additionalProperties": False,
-                         "required": ["norm", "linears"],
-                         "properties": {
-                             "norm": {"type": "string", "minLength": 1, "description": _PATTERN_DOC},
-                             "linears": {"type": "array", "minItems": 1,
-                                         "items": {"type": "string", "minLength": 1},
-                                         "description": "Linears fed by the norm, in the norm's layer "
-                                                        "(same pattern syntax)."},
-                             "alpha": _ALPHA}}}}},
-            ]},
-        "activations": {
-            "type": "object", "additionalProperties": False, "required": ["type"],
-            "description": "Activation quantization of every decoder linear.",
-            "properties": {"type": {"enum": list(ACTIVATION_TYPES),
-                                    "description": "dynamic-per-token: scale per token at run time; "
-                                                   "static-per-tensor: one calibrated scale per linear."}}},
-        "output": {
-            "type": "object", "additionalProperties": False, "required": ["type"],
-            "description": "What to write.",
-            "properties": {"type": {"enum": list(OUTPUT_TYPES),
-                                    "description": "compressed-tensors (int-quantized HF folder), "
-                                                   "gguf-q8_0 (llama.cpp) or none."},
-                           "path": {"type": "string", "minLength": 1,
-                                    "description": "Output folder (compressed-tensors) or .gguf file."}}},
-        "problem_threshold": {"type": "number", "exclusiveMinimum": 0,
-                              "description": "Relative MSE of per-token int8 activations above which "
-                                             "a linear is reported as a problem after smoothing."},
-    },
-}
+def _section_schema() -> dict[str, Any]:
+    """This section's JSON Schema, taken from the recipe schema (the one source of truth)."""
+    from aqrecipe.recipe.schema import load_schema
+
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **load_schema()["$defs"]["smoothquant"]}
+
+
+#: The ``smoothquant:`` section of ``aqrecipe/data/recipe.schema.json``.
+SCHEMA_FRAGMENT: dict[str, Any] = _section_schema()
 
 
 @dataclass(frozen=True)
