@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -21,6 +22,7 @@ class LayerHooks:
         self._batch_inputs: dict[str, Any] = {}
         self._first_batch = True
         self._alias: dict[str, str] = {}
+        self.seconds = 0.0  # time spent in the observers (the statistics' cost)
         for gguf_name, module in named_linears:
             self.handles.append(module.register_forward_hook(self._make_hook(gguf_name)))
 
@@ -36,6 +38,13 @@ class LayerHooks:
         return hook
 
     def record(self, gguf_name: str, x_t, y_t) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._record(gguf_name, x_t, y_t)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+    def _record(self, gguf_name: str, x_t, y_t) -> None:
         # identity of the very tensor object passed in: q/k/v (gate/up) receive the same one
         same = next((n for n, t in self._batch_inputs.items() if t is x_t), None)
         if self._first_batch and same is not None and self.stats is not None:

@@ -80,11 +80,19 @@ class CalibrationResult:
     resumed_stages: int = 0
     seconds: float = 0.0
     tokens_per_second: float = 0.0
+    #: seconds spent collecting statistics (hooks + observers) inside ``seconds``
+    stats_seconds: float = 0.0
     observers: list[LinearObserver] = field(default_factory=list)
 
     @property
     def n_tokens(self) -> int:
         return self.n_samples * self.seq_len
+
+    @property
+    def stats_overhead(self) -> float:
+        """Statistics time relative to the rest of the pass (0.03 = 3% slower than a plain forward)."""
+        plain = self.seconds - self.stats_seconds
+        return self.stats_seconds / plain if plain > 0 else 0.0
 
 
 def _torch_dtype(name: str):
@@ -178,6 +186,7 @@ def run_calibration(
                             folder=folder, work=work)
     start_stage = work.completed if work is not None else 0
     t0 = time.perf_counter()
+    stats_seconds = 0.0
     try:
         with torch.inference_mode():
             # finished stages: their observer state comes from the checkpoints
@@ -206,10 +215,10 @@ def run_calibration(
             for stage in stages:
                 ts = time.perf_counter()
                 if stage < n_layers:
-                    _run_layer(stage, base, config, source, cache, batches, names, all_obs, stats_obs,
+                    stats_seconds += _run_layer(stage, base, config, source, cache, batches, names, all_obs, stats_obs,
                                pos, pos_emb, device, dtype, options)
                 else:
-                    _run_output(stage, base, source, cache, batches, names, all_obs, stats_obs,
+                    stats_seconds += _run_output(stage, base, source, cache, batches, names, all_obs, stats_obs,
                                 device, dtype, options)
                 if work is not None:
                     arrays = {}
@@ -240,6 +249,7 @@ def run_calibration(
         resumed_stages=start_stage,
         seconds=seconds,
         tokens_per_second=n_samples * seq_len * done / (n_layers + 1) / max(seconds, 1e-9),
+        stats_seconds=stats_seconds,
         observers=list(observers),
     )
     _check_finite(result, options)
@@ -290,7 +300,8 @@ def _linears(module, prefix: str, names: dict[str, str]) -> list[tuple[str, Any]
 
 
 def _run_layer(stage, base, config, source, cache, batches, names, observers, stats_obs,
-               pos, pos_emb, device, dtype, options) -> None:
+               pos, pos_emb, device, dtype, options) -> float:
+    """Run one decoder layer over the cache; returns the seconds spent in statistics."""
     import torch
 
     layer = base.layers[stage]
@@ -318,15 +329,17 @@ def _run_layer(stage, base, config, source, cache, batches, names, observers, st
         if hooks is not None:
             hooks.remove()
         _free(layer)
+    return hooks.seconds if hooks is not None else 0.0
 
 
 def _run_output(stage, base, source, cache, batches, names, observers, stats_obs,
-                device, dtype, options) -> None:
+                device, dtype, options) -> float:
+    """Statistics of the output projection's input; returns the seconds they took."""
     import torch
 
     out_name = names.get("lm_head.weight")
     if not (options.collect and options.include_output and out_name):
-        return  # tied embeddings: llama.cpp has no output.weight to weigh
+        return 0.0  # tied embeddings: llama.cpp has no output.weight to weigh
     norm = base.norm
     _load_module(norm, source, "model.norm.", device, dtype)
     hooks = LayerHooks(stage, [], observers, stats_obs)
@@ -338,6 +351,7 @@ def _run_output(stage, base, source, cache, batches, names, observers, stats_obs
             hooks.record(out_name, norm(h), None)
     finally:
         _free(norm)
+    return hooks.seconds
 
 
 def _ordered_stats(stats_obs: InputStatsObserver | None, source) -> dict[str, ChannelStats]:
