@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ class TorchBackend:
         torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(self.path)
-            self._model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch_dtype)
+            self._model = AutoModelForCausalLM.from_pretrained(self.path, dtype=torch_dtype, use_safetensors=True)
         except (OSError, ValueError, KeyError) as exc:
             raise EvalError(
                 f"transformers could not load {self.name}: {exc}",
@@ -70,3 +70,28 @@ class TorchBackend:
         with torch.inference_mode():
             out = self._model(input_ids=ids, use_cache=False).logits[0]
         return out.to(torch.float32).numpy()
+
+    def load_weights(self, weights: Iterable[tuple[str, np.ndarray]], *, name: str | None = None) -> int:
+        """Overwrite parameters in place with ``(HF name, array)`` pairs (simulated quantization).
+
+        Every name must be a parameter or buffer of the model; returns how many were loaded.
+        ``name`` renames the backend (reports show it).
+        """
+        import torch
+
+        state = self._model.state_dict()
+        n = 0
+        with torch.no_grad():
+            for key, value in weights:
+                if key not in state:
+                    raise EvalError(f"{self.name} has no parameter {key!r}",
+                                    hint="the weights must come from the model this backend loaded")
+                target = state[key]
+                if tuple(target.shape) != tuple(value.shape):
+                    raise EvalError(f"{key}: shape {tuple(value.shape)} does not match the model's {tuple(target.shape)}",
+                                    hint="the weights must come from the model this backend loaded")
+                target.copy_(torch.from_numpy(np.ascontiguousarray(value)).to(target.dtype))
+                n += 1
+        if name is not None:
+            self.name = name
+        return n

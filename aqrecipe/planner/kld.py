@@ -27,7 +27,7 @@ class KldProbe:
         if n_threads:
             torch.set_num_threads(n_threads)
         self._torch = torch
-        self.model = transformers.AutoModelForCausalLM.from_pretrained(str(source.path), dtype=torch.float32)
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(str(source.path), dtype=torch.float32, use_safetensors=True)
         self.model.eval()
         self.ids = torch.as_tensor(np.asarray(windows, dtype=np.int64))
         head = self.model.get_output_embeddings()

@@ -12,7 +12,7 @@ def load_float_model(source: Any) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(source.path), dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(str(source.path), dtype=torch.float32, use_safetensors=True)
     model.eval()
     return model
 
