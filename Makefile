@@ -41,5 +41,22 @@ test-fast: install
 bench: install
 	$(PY) bench/run_all.py
 
+# Fuzzing (issue #8): each cargo-fuzz target in fuzz/ for FUZZ_SECONDS (libFuzzer
+# stops at the first crash, leaves it in fuzz/artifacts/ and fails the make), then the
+# readers' hypothesis tests with FUZZ_EXAMPLES random examples each. cargo fuzz needs
+# nightly-only flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them.
+FUZZ_SECONDS ?= 60
+FUZZ_EXAMPLES ?= 2000
+FUZZ_TARGETS := decode encode roundtrip
+FUZZ_FLAGS = -max_total_time=$(FUZZ_SECONDS) -timeout=60 -rss_limit_mb=1024 -malloc_limit_mb=64 -max_len=8192 -len_control=0
+
+fuzz: install
+	cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	set -e; for t in $(FUZZ_TARGETS); do \
+	  echo "== cargo fuzz run $$t for $(FUZZ_SECONDS) s"; \
+	  RUSTC_BOOTSTRAP=1 RAYON_NUM_THREADS=1 cargo fuzz run $$t -- $(FUZZ_FLAGS); \
+	done
+	AQRECIPE_FUZZ=1 AQRECIPE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -q -p no:cacheprovider tests/test_fuzz_readers.py
+
 clean:
 	rm -rf target $(OUT) .pytest_cache

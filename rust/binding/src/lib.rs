@@ -63,6 +63,10 @@ fn to_py_err(py: Python<'_>, err: CodecError) -> PyErr {
             "NonFiniteWeightError",
             "the tensor holds NaN or Inf; fix the checkpoint or the transform that produced it".into(),
         ),
+        CodecError::OutOfRange { .. } => (
+            "CodecError",
+            "store this tensor as BF16 or F32 (a recipe rule `type: BF16`), whose range holds it".into(),
+        ),
     };
     raise(py, class, msg, Some(hint))
 }

@@ -18,6 +18,9 @@ pub enum CodecError {
     BadImportance { col: usize, value: f32 },
     /// A weight is NaN or infinite (first one in row-major order).
     NonFinite { row: usize, col: usize, value: f32 },
+    /// A finite weight beyond what a float storage type holds (F16 above
+    /// ±65504, BF16 within half an ulp of f32::MAX): it would be stored as ±inf.
+    OutOfRange { type_name: &'static str, row: usize, col: usize, value: f32, max: f32 },
 }
 
 impl fmt::Display for CodecError {
@@ -43,6 +46,10 @@ impl fmt::Display for CodecError {
             CodecError::NonFinite { row, col, value } => {
                 write!(f, "non-finite weight {value} at row {row}, column {col}")
             }
+            CodecError::OutOfRange { type_name, row, col, value, max } => write!(
+                f,
+                "weight {value:e} at row {row}, column {col} is outside the {type_name} range (±{max:e}); it would be stored as infinity"
+            ),
         }
     }
 }

@@ -26,6 +26,8 @@ mod lowbit_tests;
 mod qsearch;
 #[cfg(test)]
 mod codec_tests;
+#[cfg(test)]
+mod fuzz_regressions;
 mod ternary;
 
 pub use error::CodecError;
@@ -100,6 +102,31 @@ fn find_non_finite(data: &[f32], row_len: usize) -> Option<(usize, usize, f32)> 
         .map(|i| (i / row_len, i % row_len, data[i]))
 }
 
+/// Smallest |x| that a float storage type rounds to infinity (round to nearest
+/// even: the halfway point to the next power of two past its largest finite value).
+fn overflow_threshold(t: BlockType) -> Option<f32> {
+    match t {
+        BlockType::F16 => Some(65520.0),
+        BlockType::BF16 => Some(f32::from_bits(0x7f7f_8000)),
+        _ => None,
+    }
+}
+
+/// Refuse the first finite weight (row-major) that `t` would store as ±inf (F16 / BF16 only).
+fn check_range(t: BlockType, data: &[f32], row_len: usize) -> Result<(), CodecError> {
+    let Some(limit) = overflow_threshold(t) else { return Ok(()) };
+    match data.iter().position(|v| v.abs() >= limit) {
+        None => Ok(()),
+        Some(i) => Err(CodecError::OutOfRange {
+            type_name: t.name(),
+            row: i / row_len,
+            col: i % row_len,
+            value: data[i],
+            max: if t == BlockType::F16 { 65504.0 } else { f32::from_bits(0x7f7f_0000) },
+        }),
+    }
+}
+
 /// Bytes needed for one row of `row_len` weights of type `t`.
 pub fn row_bytes(t: BlockType, row_len: usize) -> Result<usize, CodecError> {
     check_row_len(t, row_len)?;
@@ -109,6 +136,10 @@ pub fn row_bytes(t: BlockType, row_len: usize) -> Result<usize, CodecError> {
 
 /// Encode `data` (`n_rows * row_len` floats, row-major) into `out`
 /// (`n_rows * row_bytes` bytes). Rows run in parallel on the current rayon pool.
+///
+/// Errors: a bad shape or importance, a NaN/Inf weight, or (F16, BF16) a finite
+/// weight the type would store as infinity. Finite input never decodes to a
+/// non-finite value: block scales beyond the f16 range are saturated.
 pub fn quantize_rows(
     t: BlockType,
     data: &[f32],
@@ -129,6 +160,7 @@ pub fn quantize_rows(
     if let Some((row, col, value)) = find_non_finite(data, row_len) {
         return Err(CodecError::NonFinite { row, col, value });
     }
+    check_range(t, data, row_len)?;
     let (encode, _) = codec(t);
     out.par_chunks_mut(rb)
         .zip(data.par_chunks(row_len))
@@ -137,6 +169,11 @@ pub fn quantize_rows(
 }
 
 /// Decode `bytes` (whole rows of type `t`) into `out` (`n_rows * row_len` floats).
+///
+/// Any bytes decode without panicking. A block decodes to finite values whenever
+/// the scales it stores (`d`, `dmin`, `m`, IQ1_M's split f16 scale; for F32/F16/BF16
+/// the value itself) are finite; a stored inf/NaN scale decodes to inf/NaN, as in
+/// llama.cpp. `fuzz/` checks both claims (`cargo fuzz run decode`).
 pub fn dequantize_rows(t: BlockType, bytes: &[u8], row_len: usize, out: &mut [f32]) -> Result<(), CodecError> {
     let rb = row_bytes(t, row_len)?;
     if out.len() % row_len != 0 {
