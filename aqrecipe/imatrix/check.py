@@ -78,7 +78,8 @@ def check_against_model(imatrix: ImatrixData, model_source: Any, *, allow_partia
         problems.append("size mismatches: " + _listing(
             [f"{n} ({a} columns in the imatrix, {b} in the model)" for n, a, b in m.size_mismatches]))
     if m.extra:
-        problems.append(f"{len(m.extra)} entries the model has no weight for: {_listing(list(m.extra))}")
+        entries = "entry" if len(m.extra) == 1 else "entries"
+        problems.append(f"{len(m.extra)} {entries} the model has no weight for: {_listing(list(m.extra))}")
     if problems:
         raise ImatrixError(
             "the imatrix does not belong to this model: " + "; ".join(problems),

@@ -42,6 +42,9 @@ def add_imatrix_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     c.add_argument("--batch-tokens", type=int, default=4096, help="tokens per forward batch")
     c.add_argument("--no-output-weight", action="store_true", help="skip output.weight's statistics")
+    from aqrecipe.cli_apply import add_max_memory_flag
+
+    add_max_memory_flag(c)
 
     s = sub.add_parser("show", help="per-layer table of an imatrix (.gguf or .dat)")
     _common(s)
@@ -85,6 +88,15 @@ def _compute(args: argparse.Namespace, as_json: bool) -> int:
                            seq_len=args.seq_len, seed=args.seed)
     options = RunnerOptions(device=args.device, dtype=args.dtype, batch_tokens=args.batch_tokens,
                             include_output=not args.no_output_weight)
+    from aqrecipe.cli_apply import max_memory_bytes
+
+    max_memory = max_memory_bytes(args)
+    if max_memory is not None:  # size the cache and batches, or refuse before any work
+        from aqrecipe.memory import calibration_options
+        from aqrecipe.models import open_model
+
+        options = calibration_options(options, open_model(args.model), samples=spec.samples,
+                                      seq_len=spec.seq_len, max_memory=max_memory)
     out = Path(args.output)
     work = Path(args.work_dir) if args.work_dir else out.with_name(out.name + ".work")
     data = compute_imatrix(args.model, spec, work, output=out, restart=args.restart, options=options,

@@ -128,7 +128,10 @@ def decode_dat(buf: bytes, path: Path = Path("<bytes>"), chunk_size: int = DEFAU
             raise cur.bad(f"{name} holds negative mean squares")
         if name in entries:
             raise cur.bad(f"{name} appears twice")
-        in_sum2 = (vals.astype(np.float64) * chunk_size).astype(np.float32)
+        with np.errstate(over="ignore"):
+            in_sum2 = (vals.astype(np.float64) * chunk_size).astype(np.float32)
+        if not np.isfinite(in_sum2).all():  # found by fuzzing: finite means times the chunk size overflow
+            raise cur.bad(f"{name}'s values overflow float32 once multiplied by the chunk size {chunk_size}")
         entries[name] = ImatrixEntry(in_sum2[None, :], np.array([ncall * chunk_size], dtype=np.float32))
         max_ncall = max(max_ncall, ncall)
     chunk_count, datasets = max_ncall, []
@@ -139,7 +142,8 @@ def decode_dat(buf: bytes, path: Path = Path("<bytes>"), chunk_size: int = DEFAU
         if cur.remaining() >= 4:
             n = cur.i32("the dataset name length")
             try:
-                datasets = [cur.take(n, "the dataset name").decode("utf-8")]
+                dataset = cur.take(n, "the dataset name").decode("utf-8")
+                datasets = [dataset] if dataset else []  # llama.cpp writes "" when it had no file name
             except UnicodeDecodeError:
                 raise cur.bad("the dataset name is not UTF-8") from None
     if cur.remaining():

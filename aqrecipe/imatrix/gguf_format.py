@@ -31,8 +31,10 @@ def write_gguf_imatrix(data: ImatrixData, dest: Path) -> None:
     writer = gguf.GGUFWriter(str(dest), arch="")
     writer.kv_data[0].pop("general.architecture", None)  # llama.cpp writes none for imatrix files
     writer.add_string(KEY_TYPE, "imatrix")
-    if data.datasets:
-        writer.add_array(KEY_DATASETS, [str(d) for d in data.datasets])
+    # Always present: llama-quantize refuses a GGUF imatrix without imatrix.datasets
+    # ("missing imatrix metadata"). gguf-py cannot write an empty array, so "no dataset
+    # name" is written as [""] (what llama.cpp's .dat holds then) and read back as [].
+    writer.add_array(KEY_DATASETS, [str(d) for d in data.datasets] or [""])
     writer.add_uint32(KEY_CHUNK_COUNT, int(data.chunk_count))
     writer.add_uint32(KEY_CHUNK_SIZE, int(data.chunk_size))
     for name in sorted(data.entries):
@@ -58,26 +60,43 @@ def _bad(path: Path, what: str) -> ImatrixError:
 def read_gguf_imatrix(path: Path) -> ImatrixData:
     import gguf
 
+    from aqrecipe.gguf_read import open_gguf
+
     path = Path(path)
     size = os.path.getsize(path)
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as exc:  # gguf-py raises ValueError / IndexError / struct errors
-        raise _bad(path, f"cannot parse GGUF ({type(exc).__name__}: {exc})") from None
+    reader = open_gguf(path, error=lambda what: _bad(path, what))  # header checked before gguf-py reads it
 
     def field(key: str):
         f = reader.fields.get(key)
-        return None if f is None else f.contents()
+        if f is None:
+            return None
+        try:
+            return f.contents()
+        except (ValueError, IndexError) as exc:  # e.g. a non-UTF-8 string (found by fuzzing)
+            raise _bad(path, f"metadata {key} cannot be read ({type(exc).__name__}: {exc})") from None
+
+    def count(key: str) -> int:
+        value = field(key)
+        if value is None:
+            return 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise _bad(path, f"metadata {key} is {value!r}, expected a non-negative integer")
+        return value
 
     kind = field(KEY_TYPE)
     if kind != "imatrix":
+        arch = field("general.architecture")
+        looks = f"; it looks like a {arch} model" if arch else ""
         raise ImatrixError(
-            f"{str(path)!r} is a GGUF file but not an imatrix (general.type = {kind!r})",
+            f"{str(path)!r} is a GGUF file but not an imatrix (general.type = {kind!r}{looks})",
             hint="pass an imatrix produced by llama-imatrix or aqrecipe imatrix compute",
         )
     datasets = field(KEY_DATASETS) or []
     if isinstance(datasets, str):
         datasets = [datasets]
+    if not isinstance(datasets, list) or not all(isinstance(d, str) for d in datasets):
+        raise _bad(path, f"metadata {KEY_DATASETS} is {datasets!r}, expected a list of strings")
+    datasets = [d for d in datasets if d]  # [""] is our writer's "no dataset name"
     parts: dict[str, dict[str, np.ndarray]] = {}
     for t in reader.tensors:
         suffix = next((s for s in SUFFIXES if t.name.endswith(s)), None)
@@ -112,7 +131,7 @@ def read_gguf_imatrix(path: Path) -> ImatrixData:
     if not entries:
         raise _bad(path, "no in_sum2/counts tensors")
     return ImatrixData(entries, [str(d) for d in datasets],
-                       int(field(KEY_CHUNK_COUNT) or 0), int(field(KEY_CHUNK_SIZE) or 0))
+                       count(KEY_CHUNK_COUNT), count(KEY_CHUNK_SIZE))
 
 
 def _check_values(path: Path, name: str, in_sum2: np.ndarray, counts: np.ndarray,
@@ -123,3 +142,5 @@ def _check_values(path: Path, name: str, in_sum2: np.ndarray, counts: np.ndarray
             raise _bad(path, f"{name}.{label} holds non-finite values")
     if (counts < 0).any() or (in_sum2 < 0).any():
         raise _bad(path, f"{name} has negative sums of squares or counts")
+    if (counts != np.floor(counts)).any():  # token counts; a fraction would blow up in_sum2 / counts
+        raise _bad(path, f"{name}.counts holds fractions; counts are whole numbers of tokens")

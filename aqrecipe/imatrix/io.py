@@ -31,6 +31,9 @@ def load_imatrix(path: str | os.PathLike[str], *, chunk_size: int | None = None)
     if len(magic) < 4:
         raise ImatrixError(f"imatrix {str(p)!r} is empty or truncated ({len(magic)} bytes)",
                            hint="recompute the imatrix")
+    if p.suffix.lower() == ".gguf":  # not parsed as .dat: that would report a misleading layout error
+        raise ImatrixError(f"imatrix {str(p)!r} is not a GGUF file (it starts with {magic!r}, not b'GGUF')",
+                           hint="the file is damaged or not an imatrix; recompute it or convert it again")
     return read_dat_imatrix(p, chunk_size or DEFAULT_CHUNK_SIZE)
 
 
@@ -84,8 +87,9 @@ def convert_imatrix(src: str | os.PathLike[str], dest: str | os.PathLike[str], *
     """Convert between .dat and .gguf (formats from the suffixes)."""
     if Path(src).resolve() == Path(dest).resolve():
         raise ImatrixError("source and destination are the same file", hint="give another output name")
+    dest_format = format_for(dest)  # an unknown suffix is refused before reading anything
     data = load_imatrix(src, chunk_size=chunk_size)
-    if format_for(dest) == "dat" and len(data.datasets) > 1:
+    if dest_format == "dat" and len(data.datasets) > 1:
         log.warning("the .dat format keeps one dataset name; keeping %r of %d", data.datasets[-1], len(data.datasets))
     save_imatrix(data, dest, chunk_size=chunk_size)
     return data
