@@ -255,8 +255,8 @@ def _read_utf8(path: str | os.PathLike[str], what: str) -> str:
     p = Path(path)
     if not p.exists():
         raise CalibrationDataError(
-            f"{what} {str(p)!r} does not exist", hint="check the path (relative paths are resolved "
-            "against the current folder)"
+            f"{what} {str(p)!r} does not exist", hint="check the path (a recipe's paths are relative to "
+            "the recipe file, command-line paths to the current folder)"
         )
     if not p.is_file():
         raise CalibrationDataError(f"{what} {str(p)!r} is not a file", hint="pass a UTF-8 text file")

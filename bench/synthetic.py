@@ -78,3 +78,49 @@ def write_sparse_model(folder: Path, cfg: dict = LLAMA_70B, n_shards: int = 30, 
             f.truncate(8 + len(raw) + offset)
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return folder
+
+
+def write_random_model(folder: Path, cfg: dict, *, seed: int = 0, shard_bytes: int = 512 << 20) -> Path:
+    """Write a dense llama folder with random F32 weights (N(0, 0.02); norms 1), sharded.
+
+    Tensors are generated and written one at a time straight into the safetensors
+    files, so the writer never holds more than the largest tensor in memory.
+    """
+    import numpy as np
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps({**cfg, "torch_dtype": "float32"}, indent=1))
+    shapes = list(llama_tensor_shapes(cfg).items())
+    shards: list[list[tuple[str, list[int]]]] = [[]]
+    size = 0
+    for tname, shape in shapes:
+        n = 4 * int(np.prod(shape))
+        if shards[-1] and size + n > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append((tname, shape))
+        size += n
+    rng = np.random.default_rng(seed)
+    weight_map = {}
+    for s, chunk in enumerate(shards):
+        name = f"model-{s + 1:05d}-of-{len(shards):05d}.safetensors"
+        header, offset = {}, 0
+        for tname, shape in chunk:
+            n = 4 * int(np.prod(shape))
+            header[tname] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + n]}
+            offset += n
+            weight_map[tname] = name
+        raw = json.dumps(header).encode()
+        raw += b" " * (-len(raw) % 8)
+        with open(folder / name, "wb") as f:
+            f.write(struct.pack("<Q", len(raw)) + raw)
+            for tname, shape in chunk:
+                if len(shape) == 1:
+                    values = np.ones(shape, dtype=np.float32)
+                else:
+                    values = rng.standard_normal(shape, dtype=np.float32)
+                    values *= 0.02
+                f.write(values.data)  # float32 is little-endian here
+                del values
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return folder

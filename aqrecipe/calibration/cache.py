@@ -2,19 +2,76 @@
 
 Small caches live in memory and are updated in place (each sample is independent,
 so a batch's output can overwrite its own input). Caches above ``max_bytes`` are
-two disk-backed ``np.memmap`` buffers in the work folder: stage ``k`` reads
-``hidden-{k % 2}`` and writes the other, so the buffer a checkpoint points at is
-never overwritten mid-stage. With a work folder, the in-memory cache is written
-to the same file names (atomically) after each stage.
+two files in the work folder, read and written one batch of samples at a time
+with ``pread``/``pwrite``: stage ``k`` reads ``hidden-{k % 2}`` and writes the
+other, so the buffer a checkpoint points at is never overwritten mid-stage.
+(Memory maps would not bound the process: every page a map has touched counts in
+its resident size until the kernel evicts it.) With a work folder, the in-memory
+cache is written to the same file names (atomically) after each stage.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from aqrecipe.calibration.checkpoint import WorkDir, write_bytes_atomic
+
+
+class SpilledRows:
+    """A ``[samples, ...]`` float32 array in a file, read and written by sample ranges.
+
+    Supports exactly what the runner does with the cache: ``rows[s0:s1]`` returns a
+    new array, ``rows[s0:s1] = values`` writes one. Nothing is mapped, so the data
+    stay in the page cache and out of the process's resident memory.
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
+        self.path = Path(path)
+        self.shape = shape
+        self.row_bytes = int(np.prod(shape[1:])) * 4
+        nbytes = shape[0] * self.row_bytes
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if os.fstat(self.fd).st_size != nbytes:
+            os.ftruncate(self.fd, nbytes)  # a reused file of the right size keeps its bytes
+
+    def _rows(self, key: slice) -> tuple[int, int]:
+        if not isinstance(key, slice):
+            raise TypeError("a spilled cache is addressed by sample ranges only")
+        s0, s1, step = key.indices(self.shape[0])
+        if step != 1:
+            raise TypeError("a spilled cache is addressed by contiguous sample ranges only")
+        return s0, max(s0, s1)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        s0, s1 = self._rows(key)
+        out = np.empty((s1 - s0, *self.shape[1:]), dtype=np.float32)
+        buf, pos = memoryview(out).cast("B"), s0 * self.row_bytes
+        done = 0
+        while done < len(buf):
+            got = os.preadv(self.fd, [buf[done:]], pos + done)
+            if got <= 0:
+                raise OSError(f"{self.path}: ends before sample {s1}")
+            done += got
+        return out
+
+    def __setitem__(self, key: slice, values: np.ndarray) -> None:
+        s0, s1 = self._rows(key)
+        data = np.ascontiguousarray(values, dtype=np.float32)
+        if data.shape != (s1 - s0, *self.shape[1:]):
+            raise ValueError(f"expected shape {(s1 - s0, *self.shape[1:])}, got {data.shape}")
+        buf, pos = memoryview(data).cast("B"), s0 * self.row_bytes
+        done = 0
+        while done < len(buf):
+            done += os.pwrite(self.fd, buf[done:], pos + done)
+
+    def flush(self) -> None:
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
 
 
 class ActivationCache:
@@ -26,41 +83,37 @@ class ActivationCache:
         self.folder = Path(folder)
         self.work = work
         self._mem: np.ndarray | None = None
-        self._maps: dict[int, np.memmap] = {}
+        self._files: dict[int, SpilledRows] = {}
 
     def _path(self, parity: int) -> Path:
         return self.folder / f"hidden-{parity}.f32"
 
-    def _map(self, parity: int, mode: str) -> np.memmap:
-        m = self._maps.get(parity)
-        if m is None:
-            path = self._path(parity)
-            if mode == "w+" and path.exists() and path.stat().st_size == self.nbytes:
-                mode = "r+"  # reuse the file; every row is rewritten
-            m = np.memmap(path, dtype=np.float32, mode=mode, shape=self.shape)
-            self._maps[parity] = m
-        return m
+    def _file(self, parity: int) -> SpilledRows:
+        f = self._files.get(parity)
+        if f is None:
+            f = self._files[parity] = SpilledRows(self._path(parity), self.shape)
+        return f
 
     # --- the two sides of a stage -------------------------------------------------
-    def source(self, stage: int) -> np.ndarray:
-        """The hidden states entering ``stage``."""
+    def source(self, stage: int) -> np.ndarray | SpilledRows:
+        """The hidden states entering ``stage`` (slice it by samples)."""
         if self.spilled:
-            return self._map(stage % 2, "r+")
+            return self._file(stage % 2)
         assert self._mem is not None
         return self._mem
 
-    def target(self, stage: int) -> np.ndarray:
+    def target(self, stage: int) -> np.ndarray | SpilledRows:
         """Where ``stage`` writes its output (the same array in memory mode)."""
         if self.spilled:
-            return self._map((stage + 1) % 2, "w+")
+            return self._file((stage + 1) % 2)
         assert self._mem is not None
         return self._mem
 
     # --- initial state ------------------------------------------------------------
-    def init_embeddings(self) -> np.ndarray:
-        """A writable array for the embeddings (the input of stage 0)."""
+    def init_embeddings(self) -> np.ndarray | SpilledRows:
+        """Where the embeddings (the input of stage 0) are written, by sample ranges."""
         if self.spilled:
-            return self._map(0, "w+")
+            return self._file(0)
         self._mem = np.empty(self.shape, dtype=np.float32)
         return self._mem
 
@@ -75,16 +128,16 @@ class ActivationCache:
     def persist(self, next_stage: int) -> None:
         """Make the input of ``next_stage`` durable before the manifest says so."""
         if self.spilled:
-            m = self._maps.get(next_stage % 2)
-            if m is not None:
-                m.flush()
+            f = self._files.get(next_stage % 2)
+            if f is not None:
+                f.flush()
         elif self.work is not None:
             assert self._mem is not None
             data = self._mem
             write_bytes_atomic(self._path(next_stage % 2), lambda fh: data.tofile(fh))
 
     def close(self) -> None:
-        for m in self._maps.values():
-            m.flush()
-        self._maps.clear()
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
         self._mem = None

@@ -23,12 +23,13 @@ import io
 import json
 import logging
 import os
+import time
 from pathlib import Path
-from typing import Mapping
+from typing import IO, Mapping
 
 import numpy as np
 
-from aqrecipe.errors import ResumeError
+from aqrecipe.errors import OutputError, ResumeError
 from aqrecipe.fileio import atomic_output
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,77 @@ def write_bytes_atomic(dest: Path, writer) -> None:
         writer(fh)
 
 
+class FolderLock:
+    """An exclusive flock on ``<folder>/.lock``: one run per work folder at a time.
+
+    Taking it never waits: a busy folder raises :class:`ResumeError` naming the
+    holder (pid and start time, kept in the lock file for that message only).
+    The kernel drops the lock when its process dies, SIGKILL included, so a
+    killed run never leaves a stale lock behind.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK
+        while True:
+            fh = self._open()
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                raise ResumeError(
+                    f"work folder {str(self.folder)!r} is in use by another run{_holder(self.path)}",
+                    hint="wait for that run to finish, or pass --work-dir to use another work folder",
+                ) from None
+            try:  # the holder we waited on may have removed the file (a tidy finish): lock the new one
+                if os.stat(self.path).st_ino == os.fstat(fh.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            fh.close()
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()} {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        fh.flush()
+        self._fh: IO[str] | None = fh
+
+    def _open(self) -> IO[str]:
+        try:
+            for _ in range(3):  # a finishing run may remove the (empty) folder between mkdir and open
+                self.folder.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    return open(self.path, "a+")
+            return open(self.path, "a+")
+        except OSError as exc:
+            raise OutputError(
+                f"cannot create work folder {str(self.folder)!r}: {exc.strerror or exc}",
+                hint="pass --work-dir with a folder you can write to",
+            ) from None
+
+    def release(self) -> None:
+        """Give the folder back (idempotent)."""
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
+
+    def __enter__(self) -> "FolderLock":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _holder(path: Path) -> str:
+    """`` (process PID, started TIME)`` from the lock file, or "" while it is being written."""
+    try:
+        pid, when = path.read_text().strip().split(" ", 1)
+        return f" (process {int(pid)}, started {when})"
+    except (OSError, ValueError):
+        return ""
+
+
 class WorkDir:
     """A locked work folder holding one run's checkpoints.
 
@@ -74,33 +146,15 @@ class WorkDir:
         self.components = dict(components)
         self.fingerprint = fingerprint(self.components)
         self.n_stages = n_stages
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock_fh = self._acquire_lock()
+        self._lock = FolderLock(self.path)
         try:
             self.completed = self._open_manifest(restart)
         except BaseException:
             self.close()
             raise
 
-    # --- lock -------------------------------------------------------------------
-    def _acquire_lock(self):
-        fh = open(self.path / LOCK, "a+")
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.close()
-            raise ResumeError(
-                f"work folder {str(self.path)!r} is in use by another run",
-                hint="wait for the other run to finish, or use another work folder",
-            ) from None
-        return fh
-
     def close(self) -> None:
-        if self._lock_fh is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
-            self._lock_fh.close()
-            self._lock_fh = None
+        self._lock.release()
 
     def __enter__(self) -> "WorkDir":
         return self

@@ -123,11 +123,16 @@ def _load_hf_dataset(spec: CalibrationSpec) -> str:
 
 def tokenize_text(tokenizer: Any, text: str) -> tuple[np.ndarray, int | None]:
     """Token ids of ``text`` (no special tokens) and the BOS id when the tokenizer adds one."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    from aqrecipe.calibration.heap import trim_heap
+
+    ids = np.asarray(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=np.int64)
+    # The tokenizer's per-token objects are freed by now but glibc keeps their pages
+    # (about 200 MB for the built-in corpus); hand them back before the model loads.
+    trim_heap()
     probe = tokenizer("a", add_special_tokens=True)["input_ids"]
     bos = getattr(tokenizer, "bos_token_id", None)
     adds_bos = bos is not None and len(probe) > 0 and probe[0] == bos
-    return np.asarray(ids, dtype=np.int64), (int(bos) if adds_bos else None)
+    return ids, (int(bos) if adds_bos else None)
 
 
 def calibration_windows(spec: CalibrationSpec, tokenizer: Any) -> np.ndarray:

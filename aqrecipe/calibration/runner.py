@@ -30,6 +30,7 @@ import numpy as np
 
 from aqrecipe.calibration.cache import ActivationCache
 from aqrecipe.calibration.checkpoint import WorkDir
+from aqrecipe.calibration.heap import trim_heap
 from aqrecipe.calibration.hooks import LayerHooks
 from aqrecipe.calibration.observers import DownProjRanges, InputStatsObserver, LinearObserver
 from aqrecipe.calibration.stats import Backend, ChannelStats
@@ -197,6 +198,7 @@ def run_calibration(
                     obs.restore_layer_state(stage, {k[len(pre):]: v for k, v in arrays.items() if k.startswith(pre)})
             if start_stage == 0:
                 _embed(base, source, windows, cache.init_embeddings(), batches, device)
+                trim_heap()
             else:
                 try:
                     cache.restore(start_stage)
@@ -220,6 +222,9 @@ def run_calibration(
                 else:
                     stats_seconds += _run_output(stage, base, source, cache, batches, names, all_obs, stats_obs,
                                 device, dtype, options)
+                # the stage's weights and activations are dead now: without handing the freed
+                # heap back, glibc kept it and RSS crept up by tens of MB per layer
+                trim_heap()
                 if work is not None:
                     arrays = {}
                     for obs in all_obs:

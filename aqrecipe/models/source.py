@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,58 @@ def open_folder(path: Path) -> ModelSource:
     _check_index(path, {t.name: t.file.name for t in raw})
     tied = "lm_head.weight" not in names or bool(config.get("tie_word_embeddings", False))
     arch = arch_info_from_config(config, tied_embeddings=tied)
+    _check_config_matches(path, arch, raw)
     return ModelSource(path, config, arch, _map_tensors(path, arch, raw))
+
+
+_LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
+
+
+def _check_config_matches(path: Path, arch: ArchInfo, raw: list[RawTensor]) -> None:
+    """config.json's sizes against the tensor shapes; one error lists every disagreement."""
+
+    def rows_cols(suffix: str) -> tuple[str, int, int] | None:
+        t = next((t for t in raw if t.name.endswith(suffix) and len(t.shape) == 2), None)
+        return (t.name, t.shape[0], t.shape[1]) if t else None
+
+    a, problems = arch, []
+    if embed := rows_cols("embed_tokens.weight"):
+        if embed[2] != a.hidden:
+            problems.append(f"hidden_size is {a.hidden} but {embed[0]} has {embed[2]} columns")
+        if embed[1] != a.vocab:
+            problems.append(f"vocab_size is {a.vocab} but {embed[0]} has {embed[1]} rows")
+    q_rows, kv_rows = a.n_head * a.head_dim, a.n_head_kv * a.head_dim
+    checks = (  # tensor suffix, config keys, their values as shown, the rows they imply
+        ("mlp.gate_proj.weight", "intermediate_size", f"{a.ffn}", a.ffn),
+        ("self_attn.q_proj.weight", "num_attention_heads x head_dim", f"{a.n_head} x {a.head_dim} = {q_rows}", q_rows),
+        ("self_attn.k_proj.weight", "num_key_value_heads x head_dim", f"{a.n_head_kv} x {a.head_dim} = {kv_rows}", kv_rows),
+    )
+    for suffix, keys, shown, rows in checks:
+        found = rows_cols(suffix)
+        if found and found[1] != rows:
+            problems.append(f"{keys} is {shown} but {found[0]} has {found[1]} rows")
+    layers = {int(m.group(1)) for t in raw if (m := _LAYER_INDEX.search(t.name))}
+    n_found = max(layers) + 1 if layers else a.n_layers
+    if n_found != a.n_layers:
+        missing = f" (no layer {n_found})" if n_found < a.n_layers else ""
+        problems.append(f"num_hidden_layers is {a.n_layers} but the weights hold {n_found} layers{missing}")
+    if problems:
+        example = _first_shape_mismatch(arch, raw)
+        raise ModelError(
+            f"{path}: config.json does not match the weights: {'; '.join(problems)}"
+            + (f" (e.g. {example})" if example else ""),
+            hint="use the config.json that came with these weights; it belongs to another model or was edited",
+        )
+
+
+def _first_shape_mismatch(arch: ArchInfo, raw: list[RawTensor]) -> str | None:
+    mapper = NameMapper(arch)
+    for t in raw:
+        found = mapper.lookup(t.name)
+        expected = mapper.expected_shape(*found) if found else None
+        if expected is not None and tuple(t.shape) != expected:
+            return f"{t.name} has shape {list(t.shape)} but config.json implies {list(expected)}"
+    return None
 
 
 def _check_index(path: Path, found: dict[str, str]) -> None:
