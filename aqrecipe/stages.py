@@ -30,6 +30,8 @@ class StageOutcome:
     rules: list[Rule] = field(default_factory=list)
     imatrix: Any = None
     report: dict[str, Any] = field(default_factory=dict)
+    restore: tuple[Any, ...] = ()  # super weights whose exact values simulated/safetensors output restores
+    fixed_types: dict[str, str] = field(default_factory=dict)  # protected tensors: the planner must not move them
 
 
 def protect_super_weights(
@@ -45,9 +47,17 @@ def protect_super_weights(
     found = analyze_importance(open_model(plan.model_path), section.detect, imatrix=imatrix)
     work_dir.mkdir(parents=True, exist_ok=True)
     save_importance(found, work_dir / "importance.json")
-    rules, boosted = protect_plan([], imatrix, found, section)
+    from .apply import recipe_rules
+    from .importance.protect import ORIGIN, protected_types
+
+    user_rules = recipe_rules(recipe)  # so a stronger exact rule of the user's is kept, never lowered
+    rules, boosted = protect_plan(user_rules, imatrix, found, section)
+    rules = [r for r in rules if r.origin == ORIGIN]
     outcome.rules.extend(rules)
     outcome.imatrix = boosted
+    outcome.fixed_types.update(protected_types(user_rules, found, section))
+    if section.protect.restore_values and section.protect.type != "none":
+        outcome.restore = tuple(found.super_weights)
     outcome.report["super_weights"] = {
         "verdict": found.verdict,
         "found": [sw.to_dict() for sw in found.super_weights],
@@ -73,8 +83,10 @@ def plan_with_budget(plan: Plan, recipe: Recipe, imatrix: Any, work_dir: Path, o
     """Measure sensitivities and solve the budget (recipe ``planner``); adds exact-name rules."""
     from .planner import plan_dynamic
 
-    rules, report = plan_dynamic(plan.model_path, recipe.stage("planner"), imatrix, work_dir / "planner")
-    protected = {r.pattern for r in outcome.rules}  # protection wins over the planner's choice
+    # protected tensors are fixed at their protected type: the planner spends only the bytes left
+    rules, report = plan_dynamic(plan.model_path, recipe.stage("planner"), imatrix, work_dir / "planner",
+                                 fixed_types=outcome.fixed_types)
+    protected = {r.pattern for r in outcome.rules} | set(outcome.fixed_types)
     outcome.rules.extend(r for r in rules if r.pattern not in protected)
     files = report.save(work_dir / "planner-report")
     outcome.report["planner"] = {"report_files": [str(f) for f in files], "tensors": len(rules)}

@@ -120,7 +120,7 @@ BAD_CASES = [
     Bad("empty_rule_entry.yaml",         "R110", 6, 6,    "empty rules entry",  "$.quantization.rules[0]"),
     Bad("empty_pattern.yaml",            "R110", 6, 14,   "''",                 "$.quantization.rules[0].match"),
     Bad("custom_tag.yaml",               "R013", 2, 8,    "python/object",      "$.model"),
-    Bad("bad_output_format.yaml",        "R112", 4, 11,   "'safetensors'",      "$.output.format"),
+    Bad("bad_output_format.yaml",        "R112", 4, 11,   "'onnx'",             "$.output.format"),
     Bad("not_utf8.yaml",                 "R003", 3, 18,   "e9"),
 ]
 
@@ -242,7 +242,7 @@ def test_defaults_applied_and_match_schema():
     assert recipe.evaluation == EvaluationSpec(enabled=True, text=None, chunks=16, context=512)
     assert recipe.quantization.rules == ()
     assert section_defaults("evaluation") == {"enabled": True, "text": None, "chunks": 16, "context": 512}
-    assert section_defaults("output") == {"format": "gguf"}
+    assert section_defaults("output") == {"format": "gguf", "dtype": "auto"}
 
 
 @pytest.mark.parametrize("match, kind", [

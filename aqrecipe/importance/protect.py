@@ -71,16 +71,40 @@ def protect_plan(rules: Sequence[Rule], imatrix: Any, super_weights: ImportanceM
         return rules, imatrix
     new_rules: list[Rule] = []
     if spec.type == "raise-tensor":
-        want = layout(spec.tensor_type).bits_per_weight
-        user_exact = {r.pattern: r for r in rules if r.kind == "exact"}
-        for rule in protection_rules(found, spec.tensor_type):
-            mine = user_exact.get(rule.pattern)
-            if mine is not None and layout(mine.type).bits_per_weight >= want:
-                continue
-            new_rules.append(rule)
+        kept = _stronger_user_types(rules, found, spec.tensor_type)
+        new_rules = [r for r in protection_rules(found, spec.tensor_type) if r.pattern not in kept]
     if imatrix is not None:
         imatrix = boost_imatrix(imatrix, found, spec.imatrix_boost)
     return new_rules + rules, imatrix
+
+
+def _stronger_user_types(rules: Sequence[Rule], found: Sequence[SuperWeight], tensor_type: str) -> dict[str, str]:
+    """Tensors (llama.cpp names) whose exact user rule (either name) gives at least ``tensor_type``'s bits."""
+    want = layout(tensor_type).bits_per_weight
+    user_exact = {r.pattern: r.type for r in rules if r.kind == "exact"}
+    kept: dict[str, str] = {}
+    for sw in found:
+        mine = user_exact.get(sw.tensor) or user_exact.get(sw.hf_name)
+        if mine is not None and layout(mine).bits_per_weight >= want:
+            kept[sw.tensor] = mine
+    return kept
+
+
+def protected_types(rules: Sequence[Rule], super_weights: ImportanceMatrix | Iterable[SuperWeight],
+                    section: SuperWeightsSection | ProtectSpec) -> dict[str, str]:
+    """llama.cpp name -> type of every tensor raise-tensor protection pins (empty otherwise).
+
+    That is the protection type, or the user's stronger exact rule (``rules``) that
+    :func:`protect_plan` keeps. The planner treats these tensors as fixed.
+    """
+    spec = section.protect if isinstance(section, SuperWeightsSection) else section
+    enabled = section.enabled if isinstance(section, SuperWeightsSection) else True
+    found = _weights(super_weights)
+    if not enabled or spec.type != "raise-tensor" or not found:
+        return {}
+    pinned = {sw.tensor: spec.tensor_type for sw in found}
+    pinned.update(_stronger_user_types(rules, found, spec.tensor_type))
+    return dict(sorted(pinned.items()))
 
 
 def _lookup(weights: Mapping[str, np.ndarray], sw: SuperWeight) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from ..plan import Rule, compile_plan
 from .config import PlannerSpec
@@ -16,11 +16,14 @@ log = logging.getLogger(__name__)
 
 
 def plan_dynamic(model_ref: Any, planner_section: PlannerSpec | dict, imatrix: Any,
-                 work_dir: str | Path | None, *, n_threads: int | None = None) -> tuple[tuple[Rule, ...], PlannerReport]:
+                 work_dir: str | Path | None, *, n_threads: int | None = None,
+                 fixed_types: Mapping[str, str] | None = None) -> tuple[tuple[Rule, ...], PlannerReport]:
     """Measure (or reuse the measurement in ``work_dir``), solve the budget, return exact rules.
 
     ``model_ref``: "demo", a folder or a ModelSource. ``imatrix``: ImatrixData
-    (the same one the packer will use) or None. The rules go to
+    (the same one the packer will use) or None. ``fixed_types`` pins tensors
+    (gguf name -> type; super-weight protection): their bytes count against the
+    budget and their rules carry the pinned type. The rules go to
     :func:`aqrecipe.plan.compile_plan` ahead of (or instead of) the recipe's.
     """
     from ..models import ModelSource, open_model
@@ -30,7 +33,7 @@ def plan_dynamic(model_ref: Any, planner_section: PlannerSpec | dict, imatrix: A
     m = measure(source, imatrix, spec.candidates, spec.measurement, Path(work_dir) if work_dir else None,
                 n_threads=n_threads)
     budget = Budget(spec.budget_bytes(m.n_params), spec.max_kld)
-    result = solve_plan(m, budget)
+    result = solve_plan(m, budget, fixed_types=fixed_types)
     rules = as_rules(result.types)
     plan = compile_plan(source, as_plan_spec(result.types), model_ref=str(source.path))
     if plan.total_bytes != result.total_bytes:  # the measurement's bytes and the plan's must agree

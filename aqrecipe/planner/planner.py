@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Mapping
 
 from ..errors import InfeasibleBudgetError, PlanError
 from ..plan import PlanSpec, Rule
+from ..blocktypes import fallback_for
 from ..plan.render import human_bytes
-from .measurement import Measurement
+from .measurement import Measurement, tensor_bytes
 from .solver import Group, Option, Solution, min_bytes, min_error_choice, smallest_size_for_error, solve_dp, solve_lagrangian
 
 #: problems up to this many (groups x options x grid cells) use the exact DP
@@ -51,13 +53,17 @@ def _solve(groups: list[Group], budget: int, method: str) -> Solution | None:
     return solve_dp(groups, budget) if method == "dp" else solve_lagrangian(groups, budget)
 
 
-def _infeasible(m: Measurement, groups: list[Group], budget: Budget, best: Solution | None) -> InfeasibleBudgetError:
-    fixed = m.fixed_bytes
+def _infeasible(m: Measurement, groups: list[Group], budget: Budget, best: Solution | None,
+                fixed: int | None = None) -> InfeasibleBudgetError:
+    fixed = m.fixed_bytes if fixed is None else fixed
     parts = []
     if budget.total_bytes is not None:
         if best is None:
+            pinned = fixed - m.fixed_bytes
             parts.append(f"the size budget {human_bytes(budget.total_bytes)} is below the smallest possible "
-                         f"model, {human_bytes(min_bytes(groups) + fixed)}")
+                         f"model, {human_bytes(min_bytes(groups) + fixed)}"
+                         + (f" ({human_bytes(pinned)} of it in tensors pinned by super-weight protection)"
+                            if pinned else ""))
         else:
             parts.append(f"the best predicted KLD within {human_bytes(budget.total_bytes)} is "
                          f"{best.total_error:.5g}, above the cap {budget.max_kld:.5g}")
@@ -77,27 +83,52 @@ def _infeasible(m: Measurement, groups: list[Group], budget: Budget, best: Solut
     )
 
 
-def solve_plan(m: Measurement, budget: Budget, *, method: str = "auto") -> PlanResult:
+def _pinned(m: Measurement, fixed_types: Mapping[str, str]) -> tuple[int, float]:
+    """Bytes (after llama.cpp's row fallback) and predicted KLD of the tensors pinned to a type."""
+    n_bytes, error = 0, 0.0
+    for t in m.tensors:
+        if t.gguf_name in fixed_types:
+            real = fallback_for(fixed_types[t.gguf_name], t.shape[-1])
+            n_bytes += tensor_bytes(real, t.shape)
+            error += next((m.predicted(t, o) for o in t.options if o.type == real), 0.0)
+    return n_bytes, error
+
+
+def solve_plan(m: Measurement, budget: Budget, *, method: str = "auto",
+               fixed_types: Mapping[str, str] | None = None) -> PlanResult:
     """Minimise predicted KLD under ``budget.total_bytes`` (or, with only a cap, minimise size).
 
-    Raises :class:`InfeasibleBudgetError` when no assignment meets both.
+    ``fixed_types`` (gguf name -> type) pins tensors, e.g. those super-weight
+    protection raised: their bytes are taken off the budget first and only the
+    rest is spent on the other tensors. Raises :class:`InfeasibleBudgetError`
+    when no assignment meets both.
     """
     if budget.total_bytes is None and budget.max_kld is None:
         raise PlanError("the budget has neither a size nor a quality cap", hint="give target_bpw or max_kld")
-    groups = groups_of(m)
+    fixed_types = dict(fixed_types or {})
+    unknown = sorted(set(fixed_types) - {t.gguf_name for t in m.tensors})
+    if unknown:
+        raise PlanError(f"pinned tensors {unknown} are not among the measured ones",
+                        hint="pin quantizable tensors by their llama.cpp names")
+    pinned_bytes, pinned_error = _pinned(m, fixed_types)
+    fixed = m.fixed_bytes + pinned_bytes
+    groups = [g for g in groups_of(m) if g.name not in fixed_types]
+    cap = None if budget.max_kld is None else budget.max_kld - pinned_error
     if budget.total_bytes is None:
-        need = smallest_size_for_error(groups, budget.max_kld)
-        if need is None:
-            raise _infeasible(m, groups, budget, None)
-        sol = _solve(groups, need, method)
+        need = None if cap is None or not groups else smallest_size_for_error(groups, cap)
+        if need is None and groups:
+            raise _infeasible(m, groups, Budget(None, cap), None, fixed)
+        sol = _solve(groups, need, method) if groups else Solution((), 0, 0.0, "fixed")
     else:
-        sol = _solve(groups, budget.total_bytes - m.fixed_bytes, method)
-        if sol is None or (budget.max_kld is not None and sol.total_error > budget.max_kld):
-            raise _infeasible(m, groups, budget, sol)
+        sol = _solve(groups, budget.total_bytes - fixed, method) if groups else (
+            Solution((), 0, 0.0, "fixed") if budget.total_bytes >= fixed else None)
+        if sol is None or (cap is not None and sol.total_error > cap):
+            raise _infeasible(m, groups, Budget(budget.total_bytes, cap), sol, fixed)
     assert sol is not None
     chosen = {g.name: g.options[i].label for g, i in zip(groups, sol.choice)}
+    chosen.update(fixed_types)
     types = {t.gguf_name: chosen[t.gguf_name] for t in m.tensors}
-    return PlanResult(types, sol.total_bytes + m.fixed_bytes, sol.total_error, sol.method)
+    return PlanResult(types, sol.total_bytes + fixed, sol.total_error + pinned_error, sol.method)
 
 
 def plan_types(m: Measurement, budget: Budget, *, method: str = "auto") -> dict[str, str]:

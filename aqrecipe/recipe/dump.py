@@ -13,7 +13,7 @@ from aqrecipe.recipe.model import Recipe
 _ORDER: dict[str, tuple[str, ...]] = {
     "": ("version", "name", "description", "model", "output", "imatrix", "super_weights", "smoothquant",
          "planner", "quantization", "evaluation", "coherence"),
-    "output": ("format", "path"),
+    "output": ("format", "path", "dtype"),
     "quantization": ("mixture", "default", "rules", "allow_without_imatrix", "ternary_scale"),
     "rules": ("match", "type"),
     "evaluation": ("enabled", "text", "chunks", "context"),

@@ -37,11 +37,14 @@ class OutputSpec:
 
     format: str = "gguf"
     path: str | None = None
+    dtype: str = "auto"  # safetensors only: F32 | F16 | BF16, auto = the source's
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"format": self.format}
         if self.path is not None:
             out["path"] = self.path
+        if self.dtype != "auto":
+            out["dtype"] = self.dtype
         return out
 
 
@@ -201,7 +204,7 @@ def build_recipe(data: dict[str, Any], *, source_path: Path | None = None, sourc
         name=data.get("name"),
         description=data.get("description"),
         model=data["model"],
-        output=OutputSpec(format=out.get("format", "gguf"), path=out.get("path")),
+        output=OutputSpec(format=out.get("format", "gguf"), path=out.get("path"), dtype=out.get("dtype", "auto")),
         quantization=QuantizationSpec(mixture=quant.get("mixture"), default=quant.get("default"), rules=rules,
                                       allow_without_imatrix=bool(quant.get("allow_without_imatrix", False)),
                                       ternary_scale=quant.get("ternary_scale", "absmax")),

@@ -1,0 +1,158 @@
+"""Safetensors output: a Hugging Face model folder holding a plan's simulated (dequantized) weights.
+
+The folder has the source's config.json (``torch_dtype`` set to the written dtype),
+generation config and tokenizer files, and one ``model.safetensors`` with every
+tensor dequantized to F32, F16 or BF16 (``output.dtype``; ``auto`` keeps the
+source's dtype) and the super weights restored. The header is known from the
+plan's shapes, so tensors stream to disk one at a time. The folder is built
+under a temporary name and renamed when complete: a failed run leaves nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+import numpy as np
+
+from .errors import OutputError
+
+if TYPE_CHECKING:
+    from .plan import Plan, PlanEntry
+
+DTYPES = ("auto", "F32", "F16", "BF16")
+_TORCH_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+_ITEM_BYTES = {"F32": 4, "F16": 2, "BF16": 2}
+
+
+def check_folder_output(dest: Path) -> None:
+    """OutputError unless ``dest`` can become a model folder (checked before any work)."""
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        raise OutputError(f"output folder {dest.parent} does not exist",
+                          hint=f"create it first (mkdir -p {dest.parent}) or choose another path")
+    if dest.exists() and not (dest.is_dir() and (dest / "config.json").is_file()):
+        raise OutputError(f"{dest} exists and is not a model folder",
+                          hint="choose a new path; aqrecipe only replaces a model folder")
+    if not os.access(dest.parent, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {dest.parent} is not writable",
+                          hint="choose a folder you can write to, or fix its permissions")
+
+
+def resolve_dtype(dtype: str, source_config: Mapping[str, Any]) -> str:
+    """``auto`` -> the source's dtype from config.json (F32 when it names none or another one)."""
+    if dtype not in DTYPES:
+        raise OutputError(f"unknown output dtype {dtype!r}", hint=f"use one of {', '.join(DTYPES)}")
+    if dtype != "auto":
+        return dtype
+    named = str(source_config.get("torch_dtype") or source_config.get("dtype") or "float32")
+    return {v: k for k, v in _TORCH_NAMES.items()}.get(named, "F32")
+
+
+def encode(w: np.ndarray, dtype: str) -> bytes:
+    """float32 -> little-endian bytes of ``dtype`` (BF16: round to nearest even)."""
+    w = np.ascontiguousarray(w, dtype=np.float32)
+    if dtype == "F32":
+        return w.astype("<f4").tobytes()
+    if dtype == "F16":
+        return w.astype("<f2").tobytes()
+    bits = w.view(np.uint32).astype(np.uint64)
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return bits.astype("<u2").tobytes()
+
+
+def _header(entries: Iterable[PlanEntry], dtype: str, metadata: Mapping[str, str]) -> bytes:
+    table: dict[str, Any] = {"__metadata__": dict(metadata)}
+    offset = 0
+    for e in entries:
+        n = int(np.prod(e.shape)) * _ITEM_BYTES[dtype]
+        table[e.hf_name] = {"dtype": dtype, "shape": list(e.shape), "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(table, separators=(",", ":")).encode()
+    return raw + b" " * (-len(raw) % 8)  # data start 8-byte aligned
+
+
+def write_safetensors(path: Path, plan: Plan, tensors: Iterable[tuple[PlanEntry, np.ndarray]], dtype: str,
+                      metadata: Mapping[str, str]) -> None:
+    """Stream ``tensors`` (plan order, one in memory at a time) into one safetensors file."""
+    header = _header(plan.entries, dtype, metadata)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(header)))
+        f.write(header)
+        for (entry, w), planned in zip(tensors, plan.entries, strict=True):
+            if entry.hf_name != planned.hf_name or tuple(w.shape) != tuple(planned.shape):
+                raise AssertionError(f"{entry.hf_name}: tensor stream out of step with the plan")
+            f.write(encode(w, dtype))
+
+
+def write_hf_folder(dest: Path, plan: Plan, source: Any, tensors: Iterable[tuple[PlanEntry, np.ndarray]], *,
+                    dtype: str = "auto", metadata: Mapping[str, str] | None = None) -> Path:
+    """Write the HF folder ``dest`` (atomic); returns it."""
+    from .smoothquant.export import atomic_folder, copy_tokenizer
+
+    check_folder_output(dest)
+    dtype = resolve_dtype(dtype, source.config)
+    config = {k: v for k, v in source.config.items() if k != "quantization_config"}
+    config["torch_dtype" if "torch_dtype" in config else "dtype"] = _TORCH_NAMES[dtype]
+    with atomic_folder(Path(dest)) as tmp:
+        write_safetensors(tmp / "model.safetensors", plan, tensors, dtype, {"format": "pt", **(metadata or {})})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if (Path(source.path) / "generation_config.json").is_file():
+            shutil.copyfile(Path(source.path) / "generation_config.json", tmp / "generation_config.json")
+        copy_tokenizer(source, tmp)
+    return Path(dest)
+
+
+def wants_folder(recipe: Any, options: Any) -> bool:
+    """True when this apply writes a safetensors folder (``output.format`` or ``-o DIR/``)."""
+    fmt = getattr(options, "output_format", None) or (recipe.output.format if recipe is not None else "gguf")
+    return fmt == "safetensors"
+
+
+def run_safetensors_apply(plan: Plan, recipe: Any, dest: Path, options: Any) -> Any:
+    """apply for ``output.format: safetensors``: stages, simulated weights -> HF folder, torch evaluation."""
+    import time
+    from dataclasses import replace
+
+    from .apply import ApplyResult, default_work_dir, write_report
+    from .simulate import checked_source, prepare, simulated_tensors
+
+    check_folder_output(dest)
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    prepared = prepare(plan, recipe, options.work_dir or default_work_dir(dest), imatrix_path=options.imatrix_path,
+                       restart=options.restart, quiet=options.quiet, extra_rules=options.extra_rules,
+                       max_memory=getattr(options, "max_memory", None))
+    seconds["stages"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    source = checked_source(prepared.plan)
+    meta = {"aqrecipe.plan_sha256": prepared.plan.sha256(), "aqrecipe.version": prepared.plan.tool_version}
+    if prepared.plan.recipe_text is not None:
+        meta["aqrecipe.recipe"] = prepared.plan.recipe_text
+    tensors = simulated_tensors(prepared.plan, imatrix=prepared.imatrix, super_weights=prepared.restore, source=source)
+    write_hf_folder(dest, prepared.plan, source, tensors, dtype=recipe.output.dtype if recipe is not None else "auto",
+                    metadata=meta)
+    seconds["simulate_and_write"] = time.perf_counter() - t0
+    quality = None
+    ev = recipe.evaluation if recipe is not None else None
+    if options.evaluate if options.evaluate is not None else bool(ev and ev.enabled):
+        from .evaluate import evaluate
+
+        t0 = time.perf_counter()
+        text = recipe.resolve_path(ev.text) if ev is not None and ev.text else None
+        quality = evaluate(dest, reference=source.path, text=text, chunks=ev.chunks if ev else 16,
+                           context=ev.context if ev else 512).to_dict()
+        seconds["evaluate"] = time.perf_counter() - t0
+    size = sum(f.stat().st_size for f in Path(dest).rglob("*") if f.is_file())
+    extra = {"imatrix": prepared.imatrix is not None, "format": "safetensors", "simulated": prepared.summary(),
+             **prepared.report}
+    result = ApplyResult(output=Path(dest), plan=prepared.plan, output_bytes=size, seconds=seconds, quality=quality,
+                         extra=extra)
+    if options.report_path is not None:
+        write_report(result, options.report_path)
+        result = replace(result, report_path=options.report_path)
+    return result
