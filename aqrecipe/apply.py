@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
+from ._testhooks import reached
 from .errors import PlanError
 from .fileio import atomic_write_text, check_output_folder
 from .plan import Plan, PlanSpec, Rule, compile_plan, load_plan
@@ -114,6 +115,7 @@ def write_plan_gguf(plan: Plan, dest: Path, *, imatrix: Any = None) -> None:
     planned = [PlannedTensor(e.gguf_name, e.hf_name, e.shape, e.type) for e in plan.entries]
 
     def produce(t: PlannedTensor):
+        reached("pack")  # test-only kill point: the GGUF is partly written
         entry = entries[t.gguf_name]
         importance = imatrix.importance(entry.gguf_name) if imatrix is not None and entry.quantized else None
         return pack_entry(source, entry, importance, ternary_absmean=absmean)
@@ -135,6 +137,8 @@ class ApplyOptions:
     restart: bool = False  # discard checkpoints of an earlier run
     quiet: bool = False
     extra_rules: tuple[Rule, ...] = ()  # --set rules, re-applied when the stages replan
+    output_format: str | None = None  # None: the recipe's output.format; "safetensors" for -o DIR/
+    max_memory: int | None = None  # --max-memory bytes: sizes the calibration cache, refuses a model that cannot fit
 
 
 def default_work_dir(dest: Path) -> Path:
@@ -146,18 +150,35 @@ def run_apply(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyOptio
     """Run the stages for a compiled plan and write ``dest`` (and the report).
 
     Stages: importance matrix -> pack + write (atomic) -> evaluate -> coherence check.
+    Pre-flight, before any work folder exists: every input file the run reads, then
+    the output path. The whole run holds the work folder's lock (a second apply on it
+    fails at once); the result and the report carry the peak RSS and the seconds of each stage.
     """
+    from .preflight import check_inputs
+    from .runguard import guarded_apply
+
+    check_inputs(recipe, options)
+    return guarded_apply(_apply_locked, plan, recipe, dest, options)
+
+
+def _apply_locked(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyOptions) -> ApplyResult:
     from .imatrix_stage import resolve_imatrix
+    from .runguard import staged_output
     from .stages import replan, run_stages
 
     if recipe is not None and recipe.stage("smoothquant") is not None:
         return run_smoothquant_apply(plan, recipe, dest, options)
+    from .safetensors_out import run_safetensors_apply, wants_folder
+
+    if wants_folder(recipe, options):  # simulated quantization, exact super weights, HF folder
+        return run_safetensors_apply(plan, recipe, dest, options)
     check_output_folder(dest)
     work_dir = options.work_dir or default_work_dir(dest)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     imatrix = resolve_imatrix(
-        plan, recipe, imatrix_path=options.imatrix_path, work_dir=work_dir, restart=options.restart, quiet=options.quiet
+        plan, recipe, imatrix_path=options.imatrix_path, work_dir=work_dir, restart=options.restart, quiet=options.quiet,
+        max_memory=options.max_memory,
     )
     seconds["imatrix"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -168,7 +189,8 @@ def run_apply(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyOptio
     seconds["stages"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     log.info("packing %d tensors (%s, %.3f bpw) -> %s", len(plan.entries), plan.mixture or "custom", plan.bits_per_weight, dest)
-    write_plan_gguf(plan, dest, imatrix=imatrix)
+    with staged_output(dest, work_dir) as staged:  # dest appears only once complete
+        write_plan_gguf(plan, staged, imatrix=imatrix)
     seconds["pack_and_write"] = time.perf_counter() - t0
 
     quality = None

@@ -102,6 +102,12 @@ class OutputError(AqrecipeError):
     code = "AQ700"
 
 
+class MemoryLimitError(AqrecipeError):
+    """``--max-memory`` is malformed or too small for the model's largest layer."""
+
+    code = "AQ750"
+
+
 class EvalError(AqrecipeError):
     """Evaluation could not run (missing backend, model does not load)."""
 

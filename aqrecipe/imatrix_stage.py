@@ -45,6 +45,19 @@ def calibration_spec(section: dict[str, Any] | None, recipe: Recipe | None = Non
     )
 
 
+def runner_options(model_ref: Any, spec: Any, max_memory: int | None) -> dict[str, Any]:
+    """``{"options": RunnerOptions}`` sized to ``max_memory``; ``{}`` (the defaults) without a limit."""
+    if max_memory is None:
+        return {}
+    from .calibration.runner import RunnerOptions
+    from .memory import calibration_options
+    from .models import open_model
+
+    source = open_model(model_ref)
+    return {"options": calibration_options(RunnerOptions(), source, samples=spec.samples, seq_len=spec.seq_len,
+                                           max_memory=max_memory)}
+
+
 def resolve_imatrix(
     plan: Plan,
     recipe: Recipe | None,
@@ -53,9 +66,11 @@ def resolve_imatrix(
     work_dir: Path | None = None,
     restart: bool = False,
     quiet: bool = False,
+    max_memory: int | None = None,
 ) -> ImatrixData | None:
     """The imatrix this run packs with: ``--imatrix`` beats the recipe's section.
 
+    ``max_memory`` (bytes) sizes a computed one's activation cache and batches.
     Raises :class:`ImatrixError` when the plan needs one and none is given.
     """
     from .imatrix import check_against_model, compute_imatrix, load_imatrix
@@ -70,13 +85,15 @@ def resolve_imatrix(
         data = load_imatrix(recipe.resolve_path(section["path"]))
     elif section and section["type"] == "compute":
         save = recipe.resolve_path(section["save"]) if section.get("save") else None
+        spec = calibration_spec(section.get("calibration"), recipe)
         data = compute_imatrix(
             plan.model_path,
-            calibration_spec(section.get("calibration"), recipe),
+            spec,
             work_dir=work_dir / "imatrix" if work_dir else None,
             output=save,
             restart=restart,
             quiet=quiet,
+            **runner_options(plan.model_path, spec, max_memory),
         )
     if data is not None:
         check_against_model(data, open_model(plan.model_path), allow_partial=allow_partial)
