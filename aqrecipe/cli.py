@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -63,6 +64,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             issues = _model_issues(recipe, plan)
         except ModelError as exc:
             issues = [recipe.issue_at("$.model", "R202", str(exc.message), value=recipe.model, allowed=exc.hint)]
+        from .preflight import missing_file_issues
+
+        issues += missing_file_issues(recipe)  # R203-R205: imatrix, calibration and evaluation files
     if issues:
         raise RecipeError(f"{args.recipe}: {len(issues)} problem(s) found", issues=issues)
     _emit(args, {"valid": True, "recipe": args.recipe}, f"{args.recipe}: valid")
@@ -88,32 +92,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 # --- apply / quantize --------------------------------------------------------------
 def _print_apply(args: argparse.Namespace, result: Any) -> None:
-    from .evaluate import format_report_table
-    from .plan import human_bytes, render_plan
+    from .cli_apply import summary_text
 
-    lines = [render_plan(result.plan, verbose=False), f"wrote {result.output} ({human_bytes(result.output_bytes)})"]
-    if result.quality:
-        from .evaluate import QualityReport
-
-        lines.append(format_report_table(QualityReport.from_dict(result.quality)))
-    if result.report_path:
-        lines.append(f"report: {result.report_path}")
-    _emit(args, result.to_dict(), "\n".join(lines))
+    _emit(args, result.to_dict(), summary_text(result))
 
 
 def _apply_options(args: argparse.Namespace) -> Any:
-    from .apply import ApplyOptions
+    from .cli_apply import apply_options
 
-    return ApplyOptions(
-        evaluate=False if args.no_eval else (True if args.eval else None),
-        report_path=Path(args.report) if args.report else None,
-        imatrix_path=Path(args.imatrix) if getattr(args, "imatrix", None) else None,
-        work_dir=Path(args.work_dir) if args.work_dir else None,
-        restart=args.restart,
-        quiet=args.quiet or args.json,
-        # quantize already wrote its --set rules into the recipe it built
-        extra_rules=tuple(_set_rules(args)) if args.command == "apply" else (),
-    )
+    # quantize already wrote its --set rules into the recipe it built
+    return apply_options(args, _set_rules(args) if args.command == "apply" else ())
 
 
 def _exit_code(result: Any) -> int:
@@ -129,7 +117,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
     dest = args.output or (recipe.resolve_path(recipe.output.path) if recipe and recipe.output.path else None)
     if dest is None:
         raise AqrecipeError("no output path", hint="pass -o OUT.gguf or set output.path in the recipe", code="AQ701")
-    result = run_apply(plan, recipe, Path(dest), _apply_options(args))
+    options = _apply_options(args)
+    if str(dest).endswith(("/", "\\")) or (Path(dest) / "config.json").is_file():
+        from dataclasses import replace
+
+        options = replace(options, output_format="safetensors")  # -o DIR/: an HF folder
+    result = run_apply(plan, recipe, Path(dest), options)
     _print_apply(args, result)
     return _exit_code(result)
 
@@ -166,6 +159,17 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, format_report_table
 
+    if args.simulate:
+        from .simulate import eval_command
+
+        data, text = eval_command(args, _set_rules(args))
+        _emit(args, data, text)
+        return EXIT_OK
+    if args.imatrix or args.set or args.work_dir:
+        from .errors import EvalError
+
+        raise EvalError("--imatrix, --set and --work-dir only apply with --simulate",
+                        hint="add --simulate to evaluate a recipe's simulated quantization, or drop them")
     report = evaluate(
         args.model,
         reference=args.reference,
@@ -204,16 +208,6 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
 
-def _add_eval_flags(p: argparse.ArgumentParser) -> None:
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--eval", action="store_true", help="evaluate the output (PPL, KLD, top-1)")
-    g.add_argument("--no-eval", action="store_true", help="skip evaluation even if the recipe asks for it")
-    p.add_argument("--report", help="write the run's JSON report here")
-    p.add_argument("--imatrix", metavar="FILE", help="importance matrix (.gguf or llama.cpp .dat) for the packer")
-    p.add_argument("--work-dir", help="layer checkpoints (default: OUT's folder/.aqrecipe-work/NAME)")
-    p.add_argument("--restart", action="store_true", help="discard checkpoints of an earlier run")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aqrecipe", description="LLM quantization compiler: recipe -> plan -> GGUF.")
     parser.add_argument("--version", action="version", version=f"aqrecipe {__version__}")
@@ -237,28 +231,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="PATTERN=TYPE", help="extra rule, before the recipe's")
     p.add_argument("--summary", action="store_true", help="totals only, no per-tensor table")
 
-    p = add("apply", cmd_apply, "run a recipe or a compiled plan and write the quantized model")
-    p.add_argument("target", help="recipe.yaml or plan.json")
-    p.add_argument("-o", "--output", help="output file (overrides output.path)")
-    p.add_argument("--set", action="append", metavar="PATTERN=TYPE", help="extra rule, before the recipe's")
-    _add_eval_flags(p)
+    from .cli_apply import add_apply_arguments, add_quantize_arguments
 
-    p = add("quantize", cmd_quantize, "llama-quantize-like shortcut: MODEL --type T -o OUT")
-    p.add_argument("model", help="'demo' or a Hugging Face model folder")
-    p.add_argument("--type", "-t", required=True, help="a llama.cpp file type (Q4_K_M, Q8_0, ...) or a block type")
-    p.add_argument("-o", "--output", help="output .gguf")
-    p.add_argument("--set", action="append", metavar="PATTERN=TYPE", help="per-tensor override")
-    p.add_argument("--emit-recipe", action="store_true", help="print the equivalent recipe and exit")
-    p.add_argument("--protect-super-weights", action="store_true", help="find super weights, keep their tensors at Q8_0")
-    p.add_argument("--target-bpw", type=float, metavar="BPW", help="let the planner choose per-tensor types for this size")
-    _add_eval_flags(p)
+    add_apply_arguments(add("apply", cmd_apply, "run a recipe or a compiled plan and write the quantized model"))
+    add_quantize_arguments(add("quantize", cmd_quantize, "llama-quantize-like shortcut: MODEL --type T -o OUT"))
 
     p = add("eval", cmd_eval, "perplexity, KL divergence and top-1 agreement of a model")
-    p.add_argument("model", help="a .gguf file, a Hugging Face folder or 'demo'")
+    p.add_argument("model", help="a .gguf file, a Hugging Face folder or 'demo'; with --simulate a recipe or plan")
     p.add_argument("--reference", help="the unquantized model to compare against")
     p.add_argument("--text", help="evaluation text file (default: built-in Wikipedia eval split)")
     p.add_argument("--chunks", type=int, default=16, help="number of windows (default 16)")
     p.add_argument("--context", type=int, default=512, help="tokens per window (default 512)")
+    p.add_argument("--simulate", action="store_true",
+                   help="MODEL is a recipe or plan: run its stages, quantize+dequantize every tensor in torch "
+                        "(exact super weights restored) and compare with the original model")
+    p.add_argument("--imatrix", metavar="FILE", help="--simulate: importance matrix for the quantizer")
+    p.add_argument("--set", action="append", metavar="PATTERN=TYPE", help="--simulate: extra rule, before the recipe's")
+    p.add_argument("--work-dir", help="--simulate: stage checkpoints (default: beside the recipe)")
+    p.add_argument("--restart", action="store_true", help="--simulate: discard checkpoints of an earlier run")
 
     p = add("inspect", cmd_inspect, "describe a GGUF file, a plan or an imatrix")
     p.add_argument("path")
@@ -305,6 +295,30 @@ def _print_error(exc: AqrecipeError, as_json: bool) -> None:
         print(f"  hint: {exc.hint}", file=sys.stderr)
 
 
+def _os_error(exc: OSError, output: str | None) -> AqrecipeError:
+    """An OSError as a user-facing error: a full disk, a file-size limit or a refused write
+    inside the output's folder (``output``: the -o path) is an OutputError."""
+    import errno
+    import os
+
+    from .errors import OutputError
+
+    what = str(exc.strerror or exc) + (f": {exc.filename}" if exc.filename else "")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return OutputError(
+            f"cannot write ({what})",
+            hint="free some disk space, raise the file-size limit (ulimit -f) or write elsewhere",
+        )
+    if output and exc.filename and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        folder = os.path.dirname(os.path.abspath(output))
+        if os.path.abspath(os.fsdecode(exc.filename)).startswith(folder + os.sep):
+            return OutputError(
+                f"output folder {folder} is not writable ({what})",
+                hint="choose a folder you can write to, or fix its permissions",
+            )
+    return AqrecipeError(what, hint="check that the path exists and that you may read (or write) it")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     parser = build_parser()
@@ -315,9 +329,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AqrecipeError as exc:
         _print_error(exc, getattr(args, "json", False))
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # `aqrecipe ... | head` closed the pipe: stop quietly, like other CLI tools
+        _silence_stdout()
+        return 141
+    except OSError as exc:  # file trouble no module foresaw: still a message, not a traceback
+        log.debug("unhandled OSError", exc_info=True)
+        _print_error(_os_error(exc, getattr(args, "output", None)), getattr(args, "json", False))
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def entry_point() -> None:

@@ -7,6 +7,7 @@ destination; at worst a ``<name>.tmp-<pid>`` file that the next run ignores.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import os
 from collections.abc import Iterator
@@ -16,8 +17,14 @@ from typing import IO
 from .errors import OutputError
 
 
-def check_output_folder(dest: Path) -> None:
-    """OutputError unless ``dest``'s folder exists and is writable (checked before any work)."""
+def check_output_folder(dest: Path, *, probe: bool = False, folder_ok: bool = False) -> None:
+    """OutputError unless ``dest``'s folder exists and is writable (checked before any work).
+
+    ``dest`` must not be a folder unless ``folder_ok`` (outputs that are folders).
+    ``probe`` also creates and removes ``dest``'s temp name there: ``os.access``
+    says yes to root whatever the folder allows (a network or FUSE mount, a
+    security module), and a real create is the only answer that holds.
+    """
     dest = Path(dest)
     folder = dest.parent
     if not folder.is_dir():
@@ -25,13 +32,27 @@ def check_output_folder(dest: Path) -> None:
             f"output folder {folder} does not exist",
             hint=f"create it first (mkdir -p {folder}) or choose another output path",
         )
-    if dest.is_dir():
+    if dest.is_dir() and not folder_ok:
         raise OutputError(f"output path {dest} is a folder", hint="give a file name, e.g. model.gguf")
-    if not os.access(folder, os.W_OK | os.X_OK):
+    writable = os.access(folder, os.W_OK | os.X_OK)
+    reason = _probe_create(dest.with_name(f"{dest.name}.tmp-{os.getpid()}")) if writable and probe else None
+    if not writable or reason is not None:
         raise OutputError(
-            f"output folder {folder} is not writable",
+            f"output folder {folder} is not writable" + (f" ({reason})" if reason else ""),
             hint="choose a folder you can write to, or fix its permissions",
         )
+
+
+def _probe_create(tmp: Path) -> str | None:
+    """None when ``tmp`` can be created (it is removed again), else why not."""
+    try:
+        os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return None  # a dead process's temp (it had our pid): os.access's yes stands
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    tmp.unlink(missing_ok=True)
+    return None
 
 
 @contextlib.contextmanager
@@ -47,10 +68,12 @@ def atomic_path(dest: Path) -> Iterator[Path]:
         os.replace(tmp, dest)
         _fsync_folder(dest.parent)
     except OSError as exc:
+        if exc.filename is not None and str(exc.filename) not in (str(tmp), str(dest)):
+            tmp.unlink(missing_ok=True)
+            raise  # about another file (e.g. reading the model), not about the output
+        error = write_failure(dest, tmp, exc)  # before unlinking: the temp file's size is evidence
         tmp.unlink(missing_ok=True)
-        if exc.errno == errno.ENOSPC:
-            raise OutputError(f"disk full while writing {dest}", hint="free some space or write elsewhere") from exc
-        raise OutputError(f"cannot write {dest}: {exc}", hint="check free disk space and permissions") from exc
+        raise error from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -73,6 +96,89 @@ def atomic_write_bytes(dest: Path, data: bytes) -> None:
     """Write a whole binary file atomically."""
     with atomic_output(dest, "wb") as f:
         f.write(data)
+
+
+_STAGED: contextvars.ContextVar[tuple[tuple[Path, Path], ...]] = contextvars.ContextVar("staged", default=())
+
+
+@contextlib.contextmanager
+def staged_for(staged: Path, dest: Path) -> Iterator[None]:
+    """Inside the block, a failure to write ``staged`` names ``dest``, the path the user gave.
+
+    For outputs built elsewhere (apply's work folder) and moved to ``dest`` when complete.
+    """
+    token = _STAGED.set((*_STAGED.get(), (Path(staged), Path(dest))))
+    try:
+        yield
+    finally:
+        _STAGED.reset(token)
+
+
+def _destination_of(path: Path) -> Path | None:
+    """The user's path a staged file becomes, or None when ``path`` is not staged."""
+    return next((dest for staged, dest in reversed(_STAGED.get()) if staged == Path(path)), None)
+
+
+def _shown(path: Path, detail: str = "") -> str:
+    """``path`` as a message names it: a staged file as its destination, plus where it was staged."""
+    dest = _destination_of(path)
+    notes = ([f"staged in {path}"] if dest is not None else []) + ([detail] if detail else [])
+    return f"{dest or path}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def write_failure(dest: Path, tmp: Path, exc: OSError) -> OutputError:
+    """An OutputError saying which limit stopped writing ``dest``: file size, disk space, permissions.
+
+    Short writes (numpy's ``tofile``) raise OSError without an errno, so the
+    file-size limit and the free space are also checked directly. A staged
+    ``dest`` (:func:`staged_for`) is named by the user's path.
+    """
+    code, limit = exc.errno, _file_size_limit()
+    with contextlib.suppress(OSError):
+        if code is None and limit is not None and tmp.stat().st_size >= limit:
+            code = errno.EFBIG
+    if code == errno.EFBIG:
+        if limit is None:
+            return OutputError(f"{_shown(dest)} grew past the largest file its filesystem allows",
+                               hint="write to a filesystem without a small file-size limit (e.g. not FAT32)")
+        return OutputError(
+            f"file size limit hit while writing {_shown(dest)}: this process may write at most {limit} bytes per file",
+            hint="raise the limit (ulimit -f unlimited) or write a smaller output",
+        )
+    free = _free_bytes(dest.parent)
+    if code in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < _NEARLY_FULL):
+        left = f"{free} bytes left on its filesystem" if free is not None else ""
+        hint = "free some space or write elsewhere"
+        if _destination_of(dest) is not None:
+            hint += " (--work-dir puts the staging folder on another disk)"
+        return OutputError(f"disk full while writing {_shown(dest, left)}", hint=hint)
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputError(
+            f"cannot write {_shown(dest)}: its folder is not writable ({exc.strerror})",
+            hint="choose a folder you can write to, or fix its permissions",
+        )
+    return OutputError(f"cannot write {_shown(dest)}: {exc}", hint="check free disk space and permissions")
+
+
+_NEARLY_FULL = 1 << 20  # bytes; less than this left after a failed write means the disk filled up
+
+
+def _file_size_limit() -> int | None:
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        st = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    is_root = getattr(os, "geteuid", lambda: -1)() == 0  # root may use the reserved blocks
+    return (st.f_bfree if is_root else st.f_bavail) * st.f_frsize
 
 
 def _fsync_folder(folder: Path) -> None:

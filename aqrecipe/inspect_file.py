@@ -6,17 +6,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .errors import AqrecipeError, GGUFFormatError
+from .errors import AqrecipeError
 
 
 def inspect_gguf(path: Path) -> tuple[dict[str, Any], str]:
     """Architecture, file type, per-type tensor counts and bytes, aqrecipe metadata."""
-    import gguf
+    from .gguf_read import open_gguf
 
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except (ValueError, OSError, IndexError) as exc:
-        raise GGUFFormatError(f"{path} is not a readable GGUF file: {exc}", hint="check the file is complete") from None
+    reader = open_gguf(path)  # header bounds-checked first: a damaged file is a GGUFFormatError
     fields: dict[str, Any] = {}
     for name, field in reader.fields.items():
         if name.startswith("tokenizer.ggml.") and name not in ("tokenizer.ggml.model", "tokenizer.ggml.pre"):
@@ -68,7 +65,7 @@ def inspect_path(path: Path) -> tuple[dict[str, Any], str]:
         raise AqrecipeError(f"{path} does not exist", hint="check the path", code="AQ301")
     with open(path, "rb") as f:
         magic = f.read(4)
-    if magic == b"GGUF":
+    if magic == b"GGUF" or path.suffix.lower() == ".gguf":  # a damaged .gguf is reported as such
         return inspect_gguf(path)
     if path.suffix == ".json":
         from .plan import load_plan, render_plan

@@ -55,6 +55,63 @@ def test_validate_missing_model_is_positioned(tmp_path: Path) -> None:
     assert "r.yaml:2:8: R202" in proc.stderr
 
 
+def _positions(text: str, value: str) -> tuple[int, int]:
+    """1-based (line, column) of the first ``value`` in ``text``."""
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if value in ln)
+    return line, text.splitlines()[line - 1].index(value) + 1
+
+
+@pytest.mark.parametrize("kind", ["imatrix-and-eval", "jsonl-and-eval-folder", "calibration-text"])
+def test_validate_reports_missing_input_files_with_their_position(
+    kind: str, tiny_llama_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """R203 imatrix, R204 calibration data, R205 evaluation text; files that exist are not reported."""
+    head = f"version: 1\nmodel: {tiny_llama_dir}\nquantization:\n  default: Q8_0\n"
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "there.txt").write_text("some prose " * 50)
+    body, expected = {
+        "imatrix-and-eval": ("imatrix:\n  type: file\n  path: missing.imatrix.gguf\n"
+                             "evaluation:\n  enabled: false\n  text: missing-eval.txt\n",
+                             [("R203", "missing.imatrix.gguf", "$.imatrix.path", "does not exist"),
+                              ("R205", "missing-eval.txt", "$.evaluation.text", "does not exist")]),
+        "jsonl-and-eval-folder": ("imatrix:\n  type: compute\n  calibration:\n    source: {type: jsonl, path: data/c.jsonl}\n"
+                                  "evaluation: {enabled: true, text: sub}\n",
+                                  [("R204", "data/c.jsonl", "$.imatrix.calibration.source.path", "does not exist"),
+                                   ("R205", "sub", "$.evaluation.text", "is not a file")]),
+        "calibration-text": ("imatrix:\n  type: compute\n  calibration:\n    source: {type: text, path: gone.txt}\n"
+                             "evaluation: {enabled: true, text: there.txt}\n",
+                             [("R204", "gone.txt", "$.imatrix.calibration.source.path", "does not exist")]),
+    }[kind]
+    path = tmp_path / "r.yaml"
+    path.write_text(head + body)
+    assert main(["validate", str(path), "--schema-only"]) == 0  # the files are not the schema's business
+    capsys.readouterr()
+    assert main(["validate", str(path), "--json"]) == 2
+    issues = json.loads(capsys.readouterr().out)["error"]["issues"]
+    assert [(i["code"], i["value"], i["json_path"]) for i in issues] == [e[:3] for e in expected]
+    for issue, (_, value, _, problem) in zip(issues, expected):
+        assert (issue["line"], issue["column"]) == _positions(head + body, value)
+        assert problem in issue["message"] and str(tmp_path / value) in issue["message"]
+        assert "relative to the recipe file" in issue["allowed"]
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    line, column = _positions(head + body, expected[0][1])
+    assert f"r.yaml:{line}:{column}: {expected[0][0]} " in err and "Traceback" not in err
+
+
+def test_validate_accepts_input_files_that_exist(tiny_llama_dir: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "c.txt").write_text("calibration prose " * 50)
+    (tmp_path / "e.txt").write_text("evaluation prose " * 50)
+    path = tmp_path / "r.yaml"
+    path.write_text(f"version: 1\nmodel: {tiny_llama_dir}\nquantization:\n  default: Q8_0\n"
+                    "imatrix:\n  type: compute\n  calibration:\n    source: {type: text, path: data/c.txt}\n"
+                    "evaluation: {enabled: true, text: e.txt}\n")
+    assert main(["validate", str(path)]) == 0
+    assert "valid" in capsys.readouterr().out
+
+
 def test_compile_json_and_plan_file(tiny_llama_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _recipe(tmp_path, tiny_llama_dir, "  mixture: Q8_0\n")
     plan_path = tmp_path / "plan.json"

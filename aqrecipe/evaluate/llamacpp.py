@@ -33,6 +33,9 @@ class LlamaCppBackend:
         self.path = Path(gguf_path)
         self.name = str(self.path)
         self.n_ctx = n_ctx
+        from aqrecipe.gguf_read import check_gguf
+
+        check_gguf(self.path)  # llama.cpp would only say "failed to load": name the damage instead
         try:
             self._llm = llama_cpp.Llama(
                 model_path=str(self.path),

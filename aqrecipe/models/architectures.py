@@ -79,13 +79,14 @@ def supported_model_types() -> tuple[str, ...]:
 def model_type_of(config: dict[str, Any]) -> str:
     """The HF model_type of a config; UnsupportedArchitectureError if aqrecipe lacks it."""
     model_type = config.get("model_type")
+    classes = config.get("architectures") or []
+    classes = [str(c) for c in classes] if isinstance(classes, list) else [str(classes)]
     if model_type is None:
-        classes = config.get("architectures") or []
         model_type = next((_CLASS_TO_TYPE[c] for c in classes if c in _CLASS_TO_TYPE), None)
         shown = ", ".join(classes) or "none given"
     else:
-        shown = str(model_type)
-    if model_type not in ARCHITECTURES:
+        shown = f"model_type {model_type!r}" + (f" ({', '.join(classes)})" if classes else "")
+    if not isinstance(model_type, str) or model_type not in ARCHITECTURES:
         raise UnsupportedArchitectureError(
             f"unsupported model architecture: {shown}",
             hint=f"aqrecipe supports model_type {', '.join(supported_model_types())} "
@@ -104,17 +105,38 @@ def _require_int(config: dict[str, Any], key: str) -> int:
     return value
 
 
+def _optional_int(config: dict[str, Any], key: str, default: int) -> int:
+    return default if config.get(key) is None else _require_int(config, key)
+
+
+def _positive_float(config: dict[str, Any], key: str, default: float) -> float:
+    value = config.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ModelError(
+            f"config.json: {key} is {value!r}, expected a positive number",
+            hint="config.json is damaged or not a decoder-only language model config",
+        )
+    return float(value)
+
+
 def _rope_theta(config: dict[str, Any]) -> float:
     # transformers 5 moves rope settings into rope_parameters; older configs keep rope_theta.
     params = config.get("rope_parameters") or {}
     scaling = config.get("rope_scaling") or {}
+    if not isinstance(params, dict) or not isinstance(scaling, dict):
+        raise ModelError(
+            "config.json: rope_parameters / rope_scaling is not a JSON object",
+            hint="config.json is damaged or not a decoder-only language model config",
+        )
     rope_type = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
     if rope_type != "default":
         raise UnsupportedArchitectureError(
             f"rope scaling type {rope_type!r} is not supported yet",
             hint="use a checkpoint without rope scaling (rope_type 'default')",
         )
-    return float(config.get("rope_theta") or params.get("rope_theta") or 10000.0)
+    return _positive_float({"rope_theta": config.get("rope_theta") or params.get("rope_theta")}, "rope_theta", 10000.0)
 
 
 def arch_info_from_config(config: dict[str, Any], *, tied_embeddings: bool) -> ArchInfo:
@@ -122,7 +144,7 @@ def arch_info_from_config(config: dict[str, Any], *, tied_embeddings: bool) -> A
     model_type = model_type_of(config)
     hidden = _require_int(config, "hidden_size")
     n_head = _require_int(config, "num_attention_heads")
-    head_dim = config.get("head_dim") or hidden // n_head
+    head_dim = _optional_int(config, "head_dim", hidden // n_head or 1)
     return ArchInfo(
         hf_model_type=model_type,
         gguf_arch=ARCHITECTURES[model_type].gguf_arch,
@@ -130,11 +152,11 @@ def arch_info_from_config(config: dict[str, Any], *, tied_embeddings: bool) -> A
         hidden=hidden,
         ffn=_require_int(config, "intermediate_size"),
         n_head=n_head,
-        n_head_kv=int(config.get("num_key_value_heads") or n_head),
-        head_dim=int(head_dim),
+        n_head_kv=_optional_int(config, "num_key_value_heads", n_head),
+        head_dim=head_dim,
         vocab=_require_int(config, "vocab_size"),
         tied_embeddings=tied_embeddings,
         rope_theta=_rope_theta(config),
-        rms_eps=float(config.get("rms_norm_eps", 1e-6)),
-        context_length=int(config.get("max_position_embeddings") or 4096),
+        rms_eps=_positive_float(config, "rms_norm_eps", 1e-6),
+        context_length=_optional_int(config, "max_position_embeddings", 4096),
     )

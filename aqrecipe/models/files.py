@@ -10,6 +10,8 @@ from ..errors import CorruptFileError, ModelError
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+#: PyTorch checkpoint names: pickles, recognised by name only and never opened.
+_PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 
 def load_config(folder: Path) -> dict[str, Any]:
@@ -45,6 +47,16 @@ def find_weight_files(folder: Path) -> list[Path]:
     others = sorted(folder.glob("*.safetensors"))
     if others:
         return others
+    pickles = sorted(p.name for pattern in _PICKLE_PATTERNS for p in folder.glob(pattern))
+    if pickles:
+        # Loading a pickle runs whatever code it holds: aqrecipe never does, not even to convert.
+        raise ModelError(
+            f"{folder} holds only pickle checkpoints ({', '.join(pickles[:3])}); aqrecipe never loads "
+            "pickles because unpickling can run arbitrary code",
+            hint="convert it to safetensors where you trust the file: python -c \"from transformers import "
+            "AutoModelForCausalLM as M; M.from_pretrained('IN').save_pretrained('OUT', safe_serialization=True)\" "
+            "(copy the tokenizer files too), or download the model's safetensors version",
+        )
     raise ModelError(
         f"{folder} has no safetensors weights",
         hint="aqrecipe reads model.safetensors or sharded model-*.safetensors with their index; "

@@ -28,6 +28,9 @@ R111   quantization has neither ``mixture`` nor ``default``
 R112   value not allowed (other enumerations, other schema violations)
 R201   rule matches no tensor of the model (model-aware; raised by the compiler)
 R202   model not found (model-aware; raised by the compiler)
+R203   imatrix file not found (``validate``; aqrecipe/preflight.py)
+R204   calibration text or JSON-lines file not found (``validate``; aqrecipe/preflight.py)
+R205   evaluation text file not found (``validate``; aqrecipe/preflight.py)
 ====== ==========================================================================
 """
 
@@ -64,6 +67,9 @@ NO_MIXTURE_OR_DEFAULT = "R111"
 NOT_ALLOWED = "R112"
 RULE_MATCHES_NOTHING = "R201"
 MODEL_NOT_FOUND = "R202"
+IMATRIX_FILE_NOT_FOUND = "R203"
+CALIBRATION_FILE_NOT_FOUND = "R204"
+EVALUATION_FILE_NOT_FOUND = "R205"
 
 #: code -> one-line summary; docs/recipe-errors.md documents every entry.
 CODES: dict[str, str] = {
@@ -90,6 +96,9 @@ CODES: dict[str, str] = {
     NOT_ALLOWED: "value not allowed",
     RULE_MATCHES_NOTHING: "rule matches no tensor",
     MODEL_NOT_FOUND: "model not found",
+    IMATRIX_FILE_NOT_FOUND: "imatrix file not found",
+    CALIBRATION_FILE_NOT_FOUND: "calibration data file not found",
+    EVALUATION_FILE_NOT_FOUND: "evaluation text file not found",
 }
 
 
