@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from aqrecipe.errors import OutputError
 from aqrecipe.smoothquant.fakequant import quantize_weight_int8
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
@@ -29,13 +28,10 @@ def copy_tokenizer(source: Any, folder: Path) -> list[str]:
 @contextlib.contextmanager
 def atomic_folder(dest: Path) -> Iterator[Path]:
     """Yield a temp folder beside ``dest``; on success it replaces ``dest`` (an earlier output)."""
+    from ..safetensors_out import check_folder_output
+
     dest = Path(dest)
-    if not dest.parent.is_dir():
-        raise OutputError(f"output folder {dest.parent} does not exist",
-                          hint=f"create it first (mkdir -p {dest.parent}) or choose another path")
-    if dest.exists() and not (dest.is_dir() and (dest / "config.json").is_file()):
-        raise OutputError(f"{dest} exists and is not a model folder",
-                          hint="choose a new path; aqrecipe only replaces a folder it wrote")
+    check_folder_output(dest)
     tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
