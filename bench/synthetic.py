@@ -50,6 +50,21 @@ def llama_tensor_shapes(cfg: dict) -> dict[str, list[int]]:
     return shapes
 
 
+def _write_header(f, chunk: list[tuple[str, list[int]]], dtype: str, itemsize: int) -> int:
+    """Write a safetensors header for ``chunk`` (tensors in order); returns the data section's bytes."""
+    header, offset = {}, 0
+    for tname, shape in chunk:
+        n = itemsize
+        for d in shape:
+            n *= d
+        header[tname] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    f.write(struct.pack("<Q", len(raw)) + raw)
+    return offset
+
+
 def write_sparse_model(folder: Path, cfg: dict = LLAMA_70B, n_shards: int = 30, dtype: str = "BF16") -> Path:
     """Write config.json, sharded safetensors headers (sparse data) and the index."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -63,19 +78,10 @@ def write_sparse_model(folder: Path, cfg: dict = LLAMA_70B, n_shards: int = 30, 
         if not chunk:
             break
         name = f"model-{s + 1:05d}-of-{n_shards:05d}.safetensors"
-        header, offset = {}, 0
-        for tname, shape in chunk:
-            n = itemsize
-            for d in shape:
-                n *= d
-            header[tname] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
-            offset += n
-            weight_map[tname] = name
-        raw = json.dumps(header).encode()
-        raw += b" " * (-len(raw) % 8)
         with open(folder / name, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)) + raw)
-            f.truncate(8 + len(raw) + offset)
+            data_bytes = _write_header(f, chunk, dtype, itemsize)
+            f.truncate(f.tell() + data_bytes)
+        weight_map.update((tname, name) for tname, _ in chunk)
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return folder
 
@@ -104,16 +110,9 @@ def write_random_model(folder: Path, cfg: dict, *, seed: int = 0, shard_bytes: i
     weight_map = {}
     for s, chunk in enumerate(shards):
         name = f"model-{s + 1:05d}-of-{len(shards):05d}.safetensors"
-        header, offset = {}, 0
-        for tname, shape in chunk:
-            n = 4 * int(np.prod(shape))
-            header[tname] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + n]}
-            offset += n
-            weight_map[tname] = name
-        raw = json.dumps(header).encode()
-        raw += b" " * (-len(raw) % 8)
+        weight_map.update((tname, name) for tname, _ in chunk)
         with open(folder / name, "wb") as f:
-            f.write(struct.pack("<Q", len(raw)) + raw)
+            _write_header(f, chunk, "F32", 4)
             for tname, shape in chunk:
                 if len(shape) == 1:
                     values = np.ones(shape, dtype=np.float32)
