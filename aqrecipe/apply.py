@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from ._testhooks import reached
 from .errors import PlanError
-from .fileio import atomic_write_text, check_output_folder
+from .fileio import atomic_write_text
 from .plan import Plan, PlanSpec, Rule, compile_plan, load_plan
 from .recipe import Recipe, load_recipe
 
@@ -172,7 +172,6 @@ def _apply_locked(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyO
 
     if wants_folder(recipe, options):  # simulated quantization, exact super weights, HF folder
         return run_safetensors_apply(plan, recipe, dest, options)
-    check_output_folder(dest)
     work_dir = options.work_dir or default_work_dir(dest)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -204,13 +203,9 @@ def _apply_locked(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyO
     coherence = run_coherence(plan, recipe, dest)
     if coherence is not None:
         extra["coherence"] = coherence
-    result = ApplyResult(
+    return ApplyResult(
         output=dest, plan=plan, output_bytes=dest.stat().st_size, seconds=seconds, quality=quality, extra=extra
     )
-    if options.report_path is not None:
-        write_report(result, options.report_path)
-        result = replace(result, report_path=options.report_path)
-    return result
 
 
 def run_smoothquant_apply(plan: Plan, recipe: Recipe, dest: Path, options: ApplyOptions) -> ApplyResult:
@@ -241,12 +236,8 @@ def run_smoothquant_apply(plan: Plan, recipe: Recipe, dest: Path, options: Apply
     data = result.to_dict()
     size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file()) if dest.is_dir() else (
         dest.stat().st_size if dest.exists() else 0)
-    out = ApplyResult(output=dest, plan=plan, output_bytes=size, seconds={"smoothquant": time.perf_counter() - t0},
-                      quality=data.get("quality"), extra={"smoothquant": data})
-    if options.report_path is not None:
-        write_report(out, options.report_path)
-        out = replace(out, report_path=options.report_path)
-    return out
+    return ApplyResult(output=dest, plan=plan, output_bytes=size, seconds={"smoothquant": time.perf_counter() - t0},
+                       quality=data.get("quality"), extra={"smoothquant": data})
 
 
 def run_coherence(plan: Plan, recipe: Recipe | None, dest: Path) -> dict[str, Any] | None:

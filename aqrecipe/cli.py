@@ -299,7 +299,6 @@ def _os_error(exc: OSError, output: str | None) -> AqrecipeError:
     """An OSError as a user-facing error: a full disk, a file-size limit or a refused write
     inside the output's folder (``output``: the -o path) is an OutputError."""
     import errno
-    import os
 
     from .errors import OutputError
 

@@ -45,19 +45,6 @@ def calibration_spec(section: dict[str, Any] | None, recipe: Recipe | None = Non
     )
 
 
-def runner_options(model_ref: Any, spec: Any, max_memory: int | None) -> dict[str, Any]:
-    """``{"options": RunnerOptions}`` sized to ``max_memory``; ``{}`` (the defaults) without a limit."""
-    if max_memory is None:
-        return {}
-    from .calibration.runner import RunnerOptions
-    from .memory import calibration_options
-    from .models import open_model
-
-    source = open_model(model_ref)
-    return {"options": calibration_options(RunnerOptions(), source, samples=spec.samples, seq_len=spec.seq_len,
-                                           max_memory=max_memory)}
-
-
 def resolve_imatrix(
     plan: Plan,
     recipe: Recipe | None,
@@ -84,6 +71,9 @@ def resolve_imatrix(
     elif section and section["type"] == "file":
         data = load_imatrix(recipe.resolve_path(section["path"]))
     elif section and section["type"] == "compute":
+        from .calibration.runner import RunnerOptions
+        from .memory import limited_options
+
         save = recipe.resolve_path(section["save"]) if section.get("save") else None
         spec = calibration_spec(section.get("calibration"), recipe)
         data = compute_imatrix(
@@ -93,7 +83,7 @@ def resolve_imatrix(
             output=save,
             restart=restart,
             quiet=quiet,
-            **runner_options(plan.model_path, spec, max_memory),
+            options=limited_options(RunnerOptions(), plan.model_path, spec, max_memory),
         )
     if data is not None:
         check_against_model(data, open_model(plan.model_path), allow_partial=allow_partial)

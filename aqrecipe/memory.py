@@ -153,3 +153,14 @@ def calibration_options(options: Any, source: Any, *, samples: int, seq_len: int
     log.info("--max-memory %s: activation cache %s %s (budget %s)", human(max_memory), human(cache),
              "spills to disk" if cache > cache_budget else "stays in memory", human(cache_budget))
     return replace(options, max_cache_bytes=int(cache_budget))
+
+
+def limited_options(options: Any, model_ref: Any, spec: Any, max_memory: int | None) -> Any:
+    """``options`` (RunnerOptions) sized by :func:`calibration_options` for calibrating
+    ``model_ref`` with ``spec`` (CalibrationSpec) under ``max_memory``; unchanged without a limit."""
+    if max_memory is None:
+        return options
+    from .models import open_model
+
+    return calibration_options(options, open_model(model_ref), samples=spec.samples, seq_len=spec.seq_len,
+                               max_memory=max_memory)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from aqrecipe.calibration.checkpoint import WorkDir, write_bytes_atomic
+from aqrecipe.calibration.checkpoint import WorkDir
+from aqrecipe.fileio import atomic_output
 
 
 class SpilledRows:
@@ -133,8 +134,8 @@ class ActivationCache:
                 f.flush()
         elif self.work is not None:
             assert self._mem is not None
-            data = self._mem
-            write_bytes_atomic(self._path(next_stage % 2), lambda fh: data.tofile(fh))
+            with atomic_output(self._path(next_stage % 2)) as fh:
+                self._mem.tofile(fh)
 
     def close(self) -> None:
         for f in self._files.values():

@@ -30,7 +30,7 @@ from typing import IO, Mapping
 import numpy as np
 
 from aqrecipe.errors import OutputError, ResumeError
-from aqrecipe.fileio import atomic_output
+from aqrecipe.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +53,6 @@ def fingerprint(components: Mapping[str, str]) -> str:
 
 def sha256_json(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def write_bytes_atomic(dest: Path, writer) -> None:
-    """Call ``writer(fileobj)`` on a temp file beside ``dest``, fsync, rename over ``dest``."""
-    with atomic_output(dest, "wb") as fh:
-        writer(fh)
 
 
 class FolderLock:
@@ -206,7 +200,7 @@ class WorkDir:
             "completed": completed,
         }
         text = json.dumps(payload, indent=2, sort_keys=True).encode()
-        write_bytes_atomic(self.path / MANIFEST, lambda fh: fh.write(text))
+        atomic_write_bytes(self.path / MANIFEST, text)
 
     def discard(self) -> None:
         """Remove every checkpoint file (the lock stays held)."""
@@ -228,7 +222,7 @@ class WorkDir:
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         data = buf.getvalue()
-        write_bytes_atomic(self.stage_path(stage), lambda fh: fh.write(data))
+        atomic_write_bytes(self.stage_path(stage), data)
 
     def load_stage(self, stage: int) -> dict[str, np.ndarray]:
         path = self.stage_path(stage)

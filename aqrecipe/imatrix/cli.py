@@ -89,14 +89,10 @@ def _compute(args: argparse.Namespace, as_json: bool) -> int:
     options = RunnerOptions(device=args.device, dtype=args.dtype, batch_tokens=args.batch_tokens,
                             include_output=not args.no_output_weight)
     from aqrecipe.cli_apply import max_memory_bytes
+    from aqrecipe.memory import limited_options
 
-    max_memory = max_memory_bytes(args)
-    if max_memory is not None:  # size the cache and batches, or refuse before any work
-        from aqrecipe.memory import calibration_options
-        from aqrecipe.models import open_model
-
-        options = calibration_options(options, open_model(args.model), samples=spec.samples,
-                                      seq_len=spec.seq_len, max_memory=max_memory)
+    # size the cache and batches to --max-memory, or refuse before any work
+    options = limited_options(options, args.model, spec, max_memory_bytes(args))
     out = Path(args.output)
     work = Path(args.work_dir) if args.work_dir else out.with_name(out.name + ".work")
     data = compute_imatrix(args.model, spec, work, output=out, restart=args.restart, options=options,

@@ -130,7 +130,7 @@ def read_gguf_imatrix(path: Path) -> ImatrixData:
                                      None if in_sum is None else in_sum.reshape(in_sum2.shape))
     if not entries:
         raise _bad(path, "no in_sum2/counts tensors")
-    return ImatrixData(entries, [str(d) for d in datasets],
+    return ImatrixData(entries, datasets,
                        count(KEY_CHUNK_COUNT), count(KEY_CHUNK_SIZE))
 
 
