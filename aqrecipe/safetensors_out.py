@@ -10,16 +10,18 @@ under a temporary name and renamed when complete: a failed run leaves nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import numpy as np
 
 from .errors import OutputError
+from .fileio import check_output_folder
 
 if TYPE_CHECKING:
     from .plan import Plan, PlanEntry
@@ -32,15 +34,48 @@ _ITEM_BYTES = {"F32": 4, "F16": 2, "BF16": 2}
 def check_folder_output(dest: Path) -> None:
     """OutputError unless ``dest`` can become a model folder (checked before any work)."""
     dest = Path(dest)
-    if not dest.parent.is_dir():
-        raise OutputError(f"output folder {dest.parent} does not exist",
-                          hint=f"create it first (mkdir -p {dest.parent}) or choose another path")
+    check_output_folder(dest, folder_ok=True)
     if dest.exists() and not (dest.is_dir() and (dest / "config.json").is_file()):
         raise OutputError(f"{dest} exists and is not a model folder",
                           hint="choose a new path; aqrecipe only replaces a model folder")
-    if not os.access(dest.parent, os.W_OK | os.X_OK):
-        raise OutputError(f"output folder {dest.parent} is not writable",
-                          hint="choose a folder you can write to, or fix its permissions")
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
+                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
+
+
+def copy_tokenizer(source: Any, folder: Path) -> list[str]:
+    """Copy the tokenizer files of ``source`` into ``folder``; the names copied."""
+    src = Path(source.tokenizer_dir or source.path)
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, folder / name)
+            copied.append(name)
+    return copied
+
+
+@contextlib.contextmanager
+def atomic_folder(dest: Path) -> Iterator[Path]:
+    """Yield a temp folder beside ``dest``; on success it replaces ``dest`` (an earlier output).
+
+    The folder counterpart of :func:`aqrecipe.fileio.atomic_path` (same ``.tmp-<pid>`` name).
+    """
+    dest = Path(dest)
+    check_folder_output(dest)
+    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = dest.with_name(f"{dest.name}.old-{os.getpid()}")
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def resolve_dtype(dtype: str, source_config: Mapping[str, Any]) -> str:
@@ -92,9 +127,6 @@ def write_safetensors(path: Path, plan: Plan, tensors: Iterable[tuple[PlanEntry,
 def write_hf_folder(dest: Path, plan: Plan, source: Any, tensors: Iterable[tuple[PlanEntry, np.ndarray]], *,
                     dtype: str = "auto", metadata: Mapping[str, str] | None = None) -> Path:
     """Write the HF folder ``dest`` (atomic); returns it."""
-    from .smoothquant.export import atomic_folder, copy_tokenizer
-
-    check_folder_output(dest)
     dtype = resolve_dtype(dtype, source.config)
     config = {k: v for k, v in source.config.items() if k != "quantization_config"}
     config["torch_dtype" if "torch_dtype" in config else "dtype"] = _TORCH_NAMES[dtype]
@@ -114,14 +146,16 @@ def wants_folder(recipe: Any, options: Any) -> bool:
 
 
 def run_safetensors_apply(plan: Plan, recipe: Any, dest: Path, options: Any) -> Any:
-    """apply for ``output.format: safetensors``: stages, simulated weights -> HF folder, torch evaluation."""
-    import time
-    from dataclasses import replace
+    """apply for ``output.format: safetensors``: stages, simulated weights -> HF folder, torch evaluation.
 
-    from .apply import ApplyResult, default_work_dir, write_report
+    Called under :func:`aqrecipe.runguard.guarded_apply`, which checks the destination before any
+    work and writes the report afterwards.
+    """
+    import time
+
+    from .apply import ApplyResult, default_work_dir
     from .simulate import checked_source, prepare, simulated_tensors
 
-    check_folder_output(dest)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     prepared = prepare(plan, recipe, options.work_dir or default_work_dir(dest), imatrix_path=options.imatrix_path,
@@ -150,9 +184,5 @@ def run_safetensors_apply(plan: Plan, recipe: Any, dest: Path, options: Any) -> 
     size = sum(f.stat().st_size for f in Path(dest).rglob("*") if f.is_file())
     extra = {"imatrix": prepared.imatrix is not None, "format": "safetensors", "simulated": prepared.summary(),
              **prepared.report}
-    result = ApplyResult(output=Path(dest), plan=prepared.plan, output_bytes=size, seconds=seconds, quality=quality,
-                         extra=extra)
-    if options.report_path is not None:
-        write_report(result, options.report_path)
-        result = replace(result, report_path=options.report_path)
-    return result
+    return ApplyResult(output=Path(dest), plan=prepared.plan, output_bytes=size, seconds=seconds, quality=quality,
+                       extra=extra)

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from aqrecipe.errors import RecipeError
+from aqrecipe.recipe.schema import section_schema
 
 DETECT_TYPES = ("combined", "activation", "gradient")
 PROTECT_TYPES = ("raise-tensor", "imatrix-only", "none")
@@ -102,13 +103,5 @@ def _build(kind: type, d: Mapping[str, Any] | None, where: str) -> Any:
     return kind(**d)
 
 
-_NUM = {"type": "number"}
-def _section_schema() -> dict[str, Any]:
-    """This section's JSON Schema, taken from the recipe schema (the one source of truth)."""
-    from aqrecipe.recipe.schema import load_schema
-
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **load_schema()["$defs"]["super_weights"]}
-
-
 #: The ``super_weights:`` section of ``aqrecipe/data/recipe.schema.json``.
-SCHEMA_FRAGMENT: dict[str, Any] = _section_schema()
+SCHEMA_FRAGMENT: dict[str, Any] = section_schema("super_weights")

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..blocktypes import TYPE_NAMES
 from ..errors import PlanError
+from ..recipe.schema import section_schema
 from .measurement import DEFAULT_CANDIDATES
 
 _MEASUREMENT_TYPES = ("proxy", "kld")
@@ -82,12 +83,5 @@ class PlannerSpec:
         return d
 
 
-def _section_schema() -> dict[str, Any]:
-    """This section's JSON Schema, taken from the recipe schema (the one source of truth)."""
-    from aqrecipe.recipe.schema import load_schema
-
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **load_schema()["$defs"]["planner"]}
-
-
 #: The ``planner:`` section of ``aqrecipe/data/recipe.schema.json``.
-SCHEMA_FRAGMENT: dict[str, Any] = _section_schema()
+SCHEMA_FRAGMENT: dict[str, Any] = section_schema("planner")

@@ -23,7 +23,6 @@ from ..fileio import atomic_write_text
 
 MEASUREMENT_FORMAT = 1
 DEFAULT_CANDIDATES = ("IQ1_S", "IQ1_M", "IQ2_XXS", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
-ROLES = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down", "token_embd", "output")
 _LAYER = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.weight$")
 
 

@@ -19,6 +19,11 @@ def load_schema() -> dict[str, Any]:
     return json.loads(text)
 
 
+def section_schema(name: str) -> dict[str, Any]:
+    """The JSON Schema of one recipe section (``$defs[name]``), usable on its own."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **load_schema()["$defs"][name]}
+
+
 @functools.cache
 def validator() -> Draft202012Validator:
     """A validator for :func:`load_schema` (the schema itself is checked once here)."""

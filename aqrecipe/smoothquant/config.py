@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aqrecipe.errors import AqrecipeError
+from aqrecipe.recipe.schema import section_schema
 
-ACTIVATION_TYPES = ("dynamic-per-token", "static-per-tensor")
-OUTPUT_TYPES = ("compressed-tensors", "gguf-q8_0", "none")
 DEFAULT_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
@@ -28,19 +27,8 @@ class SmoothQuantError(AqrecipeError):
     code = "AQ1100"
 
 
-_ALPHA = {"type": "number", "minimum": 0, "maximum": 1}
-_PATTERN_DOC = ("a tensor or module name, HF (model.layers.3.input_layernorm) or llama.cpp "
-                "(blk.3.attn_norm), '.weight' optional; '*' matches any text (e.g. the layer number)")
-
-def _section_schema() -> dict[str, Any]:
-    """This section's JSON Schema, taken from the recipe schema (the one source of truth)."""
-    from aqrecipe.recipe.schema import load_schema
-
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **load_schema()["$defs"]["smoothquant"]}
-
-
 #: The ``smoothquant:`` section of ``aqrecipe/data/recipe.schema.json``.
-SCHEMA_FRAGMENT: dict[str, Any] = _section_schema()
+SCHEMA_FRAGMENT: dict[str, Any] = section_schema("smoothquant")
 
 
 @dataclass(frozen=True)

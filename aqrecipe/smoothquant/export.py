@@ -2,49 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
+from aqrecipe.safetensors_out import atomic_folder, copy_tokenizer
 from aqrecipe.smoothquant.fakequant import quantize_weight_int8
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "special_tokens_map.json",
-                   "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
-
-
-def copy_tokenizer(source: Any, folder: Path) -> list[str]:
-    """Copy the tokenizer files of ``source`` into ``folder``; the names copied."""
-    src = Path(source.tokenizer_dir or source.path)
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            shutil.copyfile(src / name, folder / name)
-            copied.append(name)
-    return copied
-
-
-@contextlib.contextmanager
-def atomic_folder(dest: Path) -> Iterator[Path]:
-    """Yield a temp folder beside ``dest``; on success it replaces ``dest`` (an earlier output)."""
-    from ..safetensors_out import check_folder_output
-
-    dest = Path(dest)
-    check_folder_output(dest)
-    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        old = dest.with_name(f"{dest.name}.old-{os.getpid()}")
-        if dest.exists():
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def quantization_config(input_scales: Mapping[str, float] | None) -> Any:
