@@ -104,7 +104,7 @@ def _text(raw: bytes, what: str) -> str:
         raise _Bad(f"{what} is not UTF-8") from None
 
 
-def scan_gguf_header(path: Path) -> None:
+def _scan_gguf_header(path: Path) -> None:
     """Check every header length, count, type and tensor extent against the file size.
 
     Raises the internal ``_Bad`` on the first problem; :func:`open_gguf` converts it.
@@ -164,6 +164,11 @@ def scan_gguf_header(path: Path) -> None:
                            f"of the file ({size} bytes; truncated?)")
 
 
+def _damaged(p: Path, what: str) -> GGUFFormatError:
+    return GGUFFormatError(f"{p} is not a readable GGUF file: {what}",
+                           hint="the file is truncated or damaged; re-download or re-create it")
+
+
 def check_gguf(path: str | os.PathLike[str]) -> None:
     """Only the header scan of :func:`open_gguf`, for files another library will read (llama.cpp).
 
@@ -172,10 +177,9 @@ def check_gguf(path: str | os.PathLike[str]) -> None:
     """
     p = Path(path)
     try:
-        scan_gguf_header(p)
+        _scan_gguf_header(p)
     except (_Bad, struct.error, OSError) as exc:
-        raise GGUFFormatError(f"{p} is not a readable GGUF file: {exc}",
-                              hint="the file is truncated or damaged; re-download or re-create it") from None
+        raise _damaged(p, str(exc)) from None
 
 
 def open_gguf(path: str | os.PathLike[str], error: ErrorFactory | None = None) -> Any:
@@ -187,11 +191,9 @@ def open_gguf(path: str | os.PathLike[str], error: ErrorFactory | None = None) -
     import gguf
 
     p = Path(path)
-    make = error or (lambda msg: GGUFFormatError(
-        f"{p} is not a readable GGUF file: {msg}",
-        hint="the file is truncated or damaged; re-download or re-create it"))
+    make = error or (lambda msg: _damaged(p, msg))
     try:
-        scan_gguf_header(p)
+        _scan_gguf_header(p)
         return gguf.GGUFReader(str(p))
     except _Bad as exc:
         raise make(str(exc)) from None

@@ -64,16 +64,15 @@ def inspect_path(path: Path) -> tuple[dict[str, Any], str]:
     if not path.exists():
         raise AqrecipeError(f"{path} does not exist", hint="check the path", code="AQ301")
     with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic == b"GGUF" or path.suffix.lower() == ".gguf":  # a damaged .gguf is reported as such
+        head = f.read(4096)  # the magic, or a JSON file's format tag
+    if head[:4] == b"GGUF" or path.suffix.lower() == ".gguf":  # a damaged .gguf is reported as such
         return inspect_gguf(path)
     if path.suffix == ".json":
-        from .plan import load_plan, render_plan
-
-        if '"aqrecipe.importance/' in path.read_text(encoding="utf-8", errors="replace")[:4096]:
+        if b'"aqrecipe.importance/' in head:
             from .importance import load_importance, summarize_importance
 
             return summarize_importance(load_importance(path))
+        from .plan import load_plan, render_plan
 
         plan = load_plan(path)
         return plan.to_dict(), render_plan(plan)

@@ -109,8 +109,7 @@ def _optional_int(config: dict[str, Any], key: str, default: int) -> int:
     return default if config.get(key) is None else _require_int(config, key)
 
 
-def _positive_float(config: dict[str, Any], key: str, default: float) -> float:
-    value = config.get(key)
+def _positive_float(key: str, value: object, default: float) -> float:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
@@ -136,7 +135,7 @@ def _rope_theta(config: dict[str, Any]) -> float:
             f"rope scaling type {rope_type!r} is not supported yet",
             hint="use a checkpoint without rope scaling (rope_type 'default')",
         )
-    return _positive_float({"rope_theta": config.get("rope_theta") or params.get("rope_theta")}, "rope_theta", 10000.0)
+    return _positive_float("rope_theta", config.get("rope_theta") or params.get("rope_theta"), 10000.0)
 
 
 def arch_info_from_config(config: dict[str, Any], *, tied_embeddings: bool) -> ArchInfo:
@@ -157,6 +156,6 @@ def arch_info_from_config(config: dict[str, Any], *, tied_embeddings: bool) -> A
         vocab=_require_int(config, "vocab_size"),
         tied_embeddings=tied_embeddings,
         rope_theta=_rope_theta(config),
-        rms_eps=_positive_float(config, "rms_norm_eps", 1e-6),
+        rms_eps=_positive_float("rms_norm_eps", config.get("rms_norm_eps"), 1e-6),
         context_length=_optional_int(config, "max_position_embeddings", 4096),
     )
