@@ -316,39 +316,39 @@ def calib_jsonl_bad_line(tmp: Path, model: Callable[[], Path]) -> Scenario:
                     ("c.jsonl", "line 2", "not valid JSON"), (tmp / "im.gguf",))
 
 
+def _apply(tmp: Path, source: Path, error: type[AqrecipeError], words: tuple[str, ...]) -> Scenario:
+    """``apply source -o tmp/out.gguf`` refused with ``error``; no out.gguf may be left."""
+    return Scenario(["apply", str(source), "-o", str(tmp / "out.gguf")], error, words, (tmp / "out.gguf",))
+
+
 def recipe_model_missing(tmp: Path, model: Callable[[], Path]) -> Scenario:
     recipe = write_recipe(tmp, "r.yaml", "./no-such-model")
-    return Scenario(["apply", str(recipe), "-o", str(tmp / "out.gguf")], ModelError,
-                    ("no-such-model", "does not exist"), (tmp / "out.gguf",))
+    return _apply(tmp, recipe, ModelError, ("no-such-model", "does not exist"))
 
 
 def recipe_imatrix_file_missing(tmp: Path, model: Callable[[], Path]) -> Scenario:
     recipe = write_recipe(tmp, "r.yaml", model(), "imatrix: {type: file, path: missing.imatrix.gguf}\n")
-    return Scenario(["apply", str(recipe), "-o", str(tmp / "out.gguf")], ImatrixError,
-                    ("missing.imatrix.gguf", "does not exist"), (tmp / "out.gguf",))
+    return _apply(tmp, recipe, ImatrixError, ("missing.imatrix.gguf", "does not exist"))
 
 
 def recipe_calib_text_missing(tmp: Path, model: Callable[[], Path]) -> Scenario:
     section = ("imatrix:\n  type: compute\n  calibration:\n    source: {type: text, path: missing.txt}\n"
                "    samples: 128\n    seq_len: 16\n")
     recipe = write_recipe(tmp, "r.yaml", model(), section)
-    return Scenario(["apply", str(recipe), "-o", str(tmp / "out.gguf")], CalibrationDataError,
-                    ("missing.txt", "does not exist"), (tmp / "out.gguf",))
+    return _apply(tmp, recipe, CalibrationDataError, ("missing.txt", "does not exist"))
 
 
 def recipe_eval_text_missing(tmp: Path, model: Callable[[], Path]) -> Scenario:
     section = "evaluation: {enabled: true, text: missing-eval.txt, chunks: 1, context: 16}\n"
     recipe = write_recipe(tmp, "r.yaml", model(), section)
-    return Scenario(["apply", str(recipe), "-o", str(tmp / "out.gguf")], CalibrationDataError,
-                    ("missing-eval.txt", "does not exist"), (tmp / "out.gguf",))
+    return _apply(tmp, recipe, CalibrationDataError, ("missing-eval.txt", "does not exist"))
 
 
 def recipe_planner_infeasible(tmp: Path, model: Callable[[], Path]) -> Scenario:
     section = ("planner:\n  type: budget\n  target_bpw: 0.5\n"
                "  measurement: {type: proxy, calibrate_tensors: 0}\n")
     recipe = write_recipe(tmp, "r.yaml", model(), section)
-    return Scenario(["apply", str(recipe), "-o", str(tmp / "out.gguf")], InfeasibleBudgetError,
-                    ("size budget", "smallest possible model"), (tmp / "out.gguf",))
+    return _apply(tmp, recipe, InfeasibleBudgetError, ("size budget", "smallest possible model"))
 
 
 def recipe_stale_plan(tmp: Path, model: Callable[[], Path]) -> Scenario:
@@ -358,14 +358,12 @@ def recipe_stale_plan(tmp: Path, model: Callable[[], Path]) -> Scenario:
     assert run_cli(["compile", str(recipe), "-o", str(tmp / "plan.json"), "--summary"]).code == 0
     config = json.loads((copy / "config.json").read_text())
     (copy / "config.json").write_text(json.dumps({**config, "rms_norm_eps": 1e-6}))
-    return Scenario(["apply", str(tmp / "plan.json"), "-o", str(tmp / "out.gguf")], PlanError,
-                    ("changed since the plan was compiled",), (tmp / "out.gguf",))
+    return _apply(tmp, tmp / "plan.json", PlanError, ("changed since the plan was compiled",))
 
 
 def recipe_plan_not_json(tmp: Path, model: Callable[[], Path]) -> Scenario:
     (tmp / "plan.json").write_text('{"version": 1, "entries": [')
-    return Scenario(["apply", str(tmp / "plan.json"), "-o", str(tmp / "out.gguf")], PlanError,
-                    ("plan.json", "not valid JSON"), (tmp / "out.gguf",))
+    return _apply(tmp, tmp / "plan.json", PlanError, ("plan.json", "not valid JSON"))
 
 
 BUILDERS: dict[str, Builder] = {
@@ -459,7 +457,7 @@ def test_bad_input_file_is_refused_before_any_work(name: str, tmp_path: Path, ti
     section, error, words = PREFLIGHT[name]
     recipe = write_recipe(tmp_path, "r.yaml", tiny_llama_dir, section)
     before = {p.name for p in tmp_path.iterdir()}
-    check(Scenario(["apply", str(recipe), "-o", str(tmp_path / "out.gguf")], error, words, (tmp_path / "out.gguf",)))
+    check(_apply(tmp_path, recipe, error, words))
     assert {p.name for p in tmp_path.iterdir()} == before  # no .aqrecipe-work, no output, no temp file
 
 

@@ -185,32 +185,19 @@ def _draw(corpus: dict, name: str, data: st.DataObject) -> tuple[bytes, Path]:
 
 
 # ------------------------------------------------------------------ the fuzz tests
+# (corpus entry, reader, suffix): each reader on each kind of file it must survive.
+_SWEEP = [("model", inspect_path, ".gguf"), ("imatrix", load_imatrix, ".gguf"), ("dat", load_imatrix, ".dat")]
+_FUZZED = [*_SWEEP, ("imatrix", inspect_path, ".gguf")]
+
+
+@pytest.mark.parametrize("name,read,suffix", _FUZZED,
+                         ids=[f"{read.__name__}-{name}" for name, read, _ in _FUZZED])
 @FUZZ
 @given(data=st.data())
-def test_inspect_survives_mutated_model_gguf(corpus: dict, data: st.DataObject) -> None:
-    mutant, folder = _draw(corpus, "model", data)
-    _read_bounded(inspect_path, mutant, folder, ".gguf")
-
-
-@FUZZ
-@given(data=st.data())
-def test_load_imatrix_survives_mutated_gguf(corpus: dict, data: st.DataObject) -> None:
-    mutant, folder = _draw(corpus, "imatrix", data)
-    _read_bounded(load_imatrix, mutant, folder, ".gguf")
-
-
-@FUZZ
-@given(data=st.data())
-def test_inspect_survives_mutated_imatrix_gguf(corpus: dict, data: st.DataObject) -> None:
-    mutant, folder = _draw(corpus, "imatrix", data)
-    _read_bounded(inspect_path, mutant, folder, ".gguf")
-
-
-@FUZZ
-@given(data=st.data())
-def test_load_imatrix_survives_mutated_dat(corpus: dict, data: st.DataObject) -> None:
-    mutant, folder = _draw(corpus, "dat", data)
-    _read_bounded(load_imatrix, mutant, folder, ".dat")
+def test_reader_survives_mutated_file(corpus: dict, name: str, read: Callable, suffix: str,
+                                      data: st.DataObject) -> None:
+    mutant, folder = _draw(corpus, name, data)
+    _read_bounded(read, mutant, folder, suffix)
 
 
 @FUZZ
@@ -223,9 +210,6 @@ def test_decode_dat_survives_arbitrary_bytes(raw: bytes) -> None:
 
 
 # ------------------------------------------------------------------ every length field, every huge value
-_SWEEP = [("model", inspect_path, ".gguf"), ("imatrix", load_imatrix, ".gguf"), ("dat", load_imatrix, ".dat")]
-
-
 @pytest.mark.parametrize("name,read,suffix", _SWEEP, ids=[n for n, _, _ in _SWEEP])
 def test_every_header_integer_set_to_huge_values(corpus: dict, name: str, read: Callable, suffix: str) -> None:
     """Deterministic sweep: each count / length / type / dim / offset of the file set to each huge value."""
@@ -262,7 +246,8 @@ def _write(folder: Path, name: str, data: bytes) -> Path:
 
 
 def test_non_utf8_dataset_name_is_an_imatrix_error(corpus: dict) -> None:
-    """Found by test_inspect_survives_mutated_imatrix_gguf: UnicodeDecodeError leaked from field.contents()."""
+    """Found by test_reader_survives_mutated_file[inspect_path-imatrix]:
+    UnicodeDecodeError leaked from field.contents()."""
     base, _, folder = corpus["imatrix"]
     assert base.count(b"calib.txt") == 1
     path = _write(folder, "bad-dataset.gguf", base.replace(b"calib.txt", b"\x80alib.txt"))
@@ -293,7 +278,7 @@ def test_fractional_counts_are_an_imatrix_error(tmp_path: Path) -> None:
 
 
 def test_dat_values_that_overflow_once_scaled_are_an_imatrix_error() -> None:
-    """Found by test_load_imatrix_survives_mutated_dat: 3e38 * chunk size became inf in in_sum2."""
+    """Found by test_reader_survives_mutated_file[load_imatrix-dat]: 3e38 * chunk size became inf in in_sum2."""
     name = b"blk.0.ffn_down.weight"
     raw = struct.pack("<i", 1) + struct.pack("<i", len(name)) + name + struct.pack("<ii", 1, 2)
     raw += struct.pack("<ff", 1.0, 3e38) + struct.pack("<ii", 1, 0)

@@ -255,10 +255,9 @@ def test_demo_iq2_xxs_quantizes_with_our_imatrix(tools: dict[str, Path], demo_mo
     dest = tmp_path / "demo-IQ2_XXS.gguf"
     out = _quantize_with(tools, ours, reference_gguf(demo_model_dir), dest)
     assert "did not find weights for blk." not in out
-    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(dest)).tensors}
-    assert sum(t == "IQ2_XXS" for t in types.values()) >= 20  # ffn_down of most of the 30 layers
-    from llamacpp_tools import greedy
+    from llamacpp_tools import greedy, tensor_types
 
+    assert sum(t == "IQ2_XXS" for t in tensor_types(dest).values()) >= 20  # ffn_down of most of the 30 layers
     assert len(greedy(dest, "The capital of France is").split()) >= 3
 
 
