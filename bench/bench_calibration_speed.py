@@ -7,9 +7,13 @@ default, layer by layer with checkpoints in a temporary work folder.
 The statistics overhead is measured inside the same run: the hooks time the
 observers (tensor -> numpy, the numba kernel, the alias bookkeeping) and the
 overhead is that time over the rest of the pass, so background load on a
-shared machine cancels out of the ratio. Peak RSS is ru_maxrss of this process.
+shared machine cancels out of the ratio. With --plain-too the same windows are
+then run again as a plain forward pass (no hooks, no statistics; checkpoints
+and cache as before) and the two pass times are compared as a cross-check.
+Peak RSS is ru_maxrss of this process (the statistics run comes first).
 
-Usage: python bench/bench_calibration_speed.py [--samples 512] [--seq-len 512] [--out imatrix.gguf]
+Usage: python bench/bench_calibration_speed.py [--samples 512] [--seq-len 512] [--plain-too]
+       [--out imatrix.gguf]
 """
 
 from __future__ import annotations
@@ -27,9 +31,12 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=512)
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--out", help="also write the imatrix here (.gguf or .dat)")
+    ap.add_argument("--plain-too", action="store_true",
+                    help="also time a plain forward pass (no statistics) over the same windows")
     args = ap.parse_args()
 
     from aqrecipe.calibration.data import CalibrationSpec, calibration_windows, load_tokenizer
+    from aqrecipe.calibration.runner import RunnerOptions
     from aqrecipe.imatrix.compute import calibrate, imatrix_from_result
     from aqrecipe.imatrix.io import save_imatrix
     from aqrecipe.models import open_model
@@ -45,6 +52,13 @@ def main() -> None:
         t0 = time.perf_counter()
         result = calibrate(source, spec, work, quiet=True)
         wall = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    plain = {}
+    if args.plain_too:
+        with tempfile.TemporaryDirectory(prefix="aqrecipe-bench-cal-") as work:
+            bare = calibrate(source, spec, work, quiet=True, options=RunnerOptions(collect=False))
+        plain = {"plain_pass_s": round(bare.seconds, 1),
+                 "ab_overhead_pct": round(100 * (result.seconds - bare.seconds) / bare.seconds, 2)}
     if args.out:
         save_imatrix(imatrix_from_result(result, spec), args.out)
     print(json.dumps({
@@ -53,7 +67,8 @@ def main() -> None:
         "pass_s": round(result.seconds, 1), "stats_s": round(result.stats_seconds, 1),
         "stats_overhead_pct": round(100 * result.stats_overhead, 2),
         "tokens_per_s": round(result.n_tokens / wall, 1),
-        "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        **plain,
+        "peak_rss_gib": round(rss, 2),
         "loadavg_start": round(load0, 2), "loadavg_end": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
     }, indent=1))

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aqrecipe.calibration.stats import ChannelStats
+from aqrecipe.calibration.stats import ChannelStats, update_absmax
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,10 +32,10 @@ def _run(blocks: list[np.ndarray], backend: str) -> ChannelStats:
 
 
 def test_numba_equals_numpy_bitwise() -> None:
-    blocks = _blocks(0, 200, [3000, 1, 517, 2500])  # 200 channels: not a multiple of the 64-block
+    blocks = _blocks(0, 200, [3000, 1, 517, 2502])  # row counts that are not multiples of 4
     a, b = _run(blocks, "numba"), _run(blocks, "numpy")
     assert a.equals(b)
-    assert a.count == b.count == 6018
+    assert a.count == b.count == 6020
 
 
 def test_values_match_float64_reference() -> None:
@@ -63,6 +63,48 @@ def test_nonfinite_values_propagate_like_numpy() -> None:
     a, b = _run([x], "numba"), _run([x], "numpy")
     assert a.equals(b)
     assert np.isnan(a.absmax[5]) and np.isinf(a.absmax[100]) and not a.is_finite()
+
+
+def test_opposite_infinities_give_a_nan_sum_but_an_infinite_max() -> None:
+    """+inf and -inf in one column: sum NaN, max |x| inf (the kernel's NaN rescan must not say NaN)."""
+    first, second = _blocks(5, 140, [60, 40])
+    first[3, 70], first[8, 70] = np.inf, -np.inf
+    second[2, 70] = 1.0
+    second[5, 139] = np.nan  # a NaN in a later batch, last column of the last slice
+    a, b = _run([first, second], "numba"), _run([first, second], "numpy")
+    assert a.equals(b)
+    assert np.isnan(a.sum1[70]) and a.absmax[70] == np.inf and np.isnan(a.absmax[139])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n_channels=st.integers(1, 300),
+    sizes=st.lists(st.integers(0, 40), min_size=1, max_size=3),
+    specials=st.lists(st.tuples(st.integers(0, 10**6), st.sampled_from([np.nan, np.inf, -np.inf])),
+                      max_size=3),
+    seed=st.integers(0, 2**16),
+)
+def test_property_absmax_numba_equals_numpy(n_channels: int, sizes: list[int],
+                                            specials: list[tuple[int, float]], seed: int) -> None:
+    blocks = _blocks(seed, n_channels, sizes)
+    for pos, value in specials:
+        block = blocks[pos % len(blocks)]
+        if block.size:
+            block.flat[pos % block.size] = value
+    results = []
+    for backend in ("numba", "numpy"):
+        acc = np.zeros(n_channels, np.float32)
+        for block in blocks:
+            update_absmax(acc, block, backend)  # type: ignore[arg-type]
+        results.append(acc.tobytes())
+    assert results[0] == results[1]
+
+
+def test_absmax_refuses_a_wrong_block() -> None:
+    with pytest.raises(ValueError, match="float32"):
+        update_absmax(np.zeros(4, np.float32), np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError, match="float32"):
+        update_absmax(np.zeros(4, np.float32), np.zeros((2, 4), np.float64))
 
 
 @settings(max_examples=25, deadline=None)
@@ -97,12 +139,17 @@ def test_shape_and_backend_errors() -> None:
 
 _SCRIPT = """
 import json, sys, numpy as np
-from aqrecipe.calibration.stats import ChannelStats
+from aqrecipe.calibration.stats import ChannelStats, update_absmax
 rng = np.random.default_rng(11)
 x = (rng.standard_normal((300, 77)) * 3).astype(np.float32)
+x[20, 9], x[40, 9], x[50, 10] = np.inf, -np.inf, np.nan
 s = ChannelStats(77)
 s.update(x[:100]); s.update(x[100:])
-print(json.dumps({k: v.tobytes().hex() for k, v in s.to_arrays().items()}))
+m = np.zeros(77, np.float32)
+update_absmax(m, x[:100]); update_absmax(m, x[100:])
+out = {k: v.tobytes().hex() for k, v in s.to_arrays().items()}
+out["absmax_only"] = m.tobytes().hex()
+print(json.dumps(out))
 """
 
 
@@ -114,9 +161,13 @@ def test_pure_python_kernel_matches_jit() -> None:
     interpreted = json.loads(out.stdout)
     rng = np.random.default_rng(11)
     x = (rng.standard_normal((300, 77)) * 3).astype(np.float32)
+    x[20, 9], x[40, 9], x[50, 10] = np.inf, -np.inf, np.nan
     s = ChannelStats(77)
     s.update(x)
+    m = np.zeros(77, np.float32)
+    update_absmax(m, x, "numpy")
     compiled = {k: v.tobytes().hex() for k, v in s.to_arrays().items()}
+    compiled["absmax_only"] = m.tobytes().hex()
     assert interpreted == compiled
 
 
@@ -126,3 +177,28 @@ def test_import_does_not_compile_or_import_numba() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_down_proj_ranges_read_max_in_from_the_input_stats() -> None:
+    """Fused (max_in taken from InputStatsObserver) and standalone observers agree, also after a resume."""
+    from aqrecipe.calibration.observers import DownProjRanges, InputStatsObserver
+
+    name = "blk.3.ffn_down.weight"
+    xs, ys = _blocks(7, 96, [50, 9]), _blocks(8, 40, [50, 9])
+    xs[1][4, 17] = np.nan
+    stats = InputStatsObserver()
+    fused, alone = DownProjRanges(input_stats=stats), DownProjRanges(backend="numpy")
+    for x, y in zip(xs, ys):
+        stats.observe(3, name, x, None)
+        fused.observe(3, name, x, y)
+        alone.observe(3, name, x, y)
+    assert fused.max_in[3].tobytes() == alone.max_in[3].tobytes()
+    assert fused.max_out[3].tobytes() == alone.max_out[3].tobytes()
+    assert np.isnan(fused.max_in[3][17])
+    assert set(fused.layer_state(3)) == {"max_out"} and set(alone.layer_state(3)) == {"max_in", "max_out"}
+
+    restored_stats = InputStatsObserver()
+    restored_stats.restore_layer_state(3, stats.layer_state(3))
+    restored = DownProjRanges(input_stats=restored_stats)
+    restored.restore_layer_state(3, fused.layer_state(3))
+    assert restored.max_in[3].tobytes() == alone.max_in[3].tobytes()

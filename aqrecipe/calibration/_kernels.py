@@ -1,8 +1,13 @@
 """Numba kernels for the calibration statistics (imported lazily by ``stats``).
 
-Each channel is reduced by exactly one thread, token by token in row order, so
-the float64 sums do not depend on the thread count or scheduling: the result is
+Every channel's sums run token by token in row order, in float64: the result is
 bit-identical to the sequential numpy twin in :mod:`aqrecipe.calibration.stats`.
+
+The kernels walk the rows of the block four at a time, so each channel's
+accumulators are loaded and stored once per four tokens and the channel loop
+vectorises (one SIMD lane per channel). That makes them as fast as reading the
+block from memory, so they run on one thread: a second thread would not read
+any faster and would compete with torch's own threads.
 """
 
 from __future__ import annotations
@@ -10,40 +15,105 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-# Channels per parallel task: a row slice of this width stays in L1 while the
-# task walks the tokens, and rows are read contiguously.
-CHANNEL_BLOCK = 64
+
+@numba.njit(nogil=True, cache=True)
+def _column_absmax(x, c, start):  # pragma: no cover - compiled
+    """max(start, |x[:, c]|) with NaN propagating, scanned in row order."""
+    m = start
+    for t in range(x.shape[0]):
+        a = abs(x[t, c])
+        if a != a:
+            return a
+        if a > m:
+            m = a
+    return m
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@numba.njit(nogil=True, cache=True)
+def _add_four_rows(x, t, s2, s1, mx):  # pragma: no cover - compiled
+    for c in range(x.shape[1]):
+        a32, b32, c32, d32 = x[t, c], x[t + 1, c], x[t + 2, c], x[t + 3, c]
+        a, b, e, d = np.float64(a32), np.float64(b32), np.float64(c32), np.float64(d32)
+        s2[c] = (((s2[c] + a * a) + b * b) + e * e) + d * d
+        s1[c] = (((s1[c] + a) + b) + e) + d
+        # a NaN fails every comparison and is dropped here; see accumulate_channels
+        m = mx[c]
+        q = abs(a32)
+        m = q if q > m else m
+        q = abs(b32)
+        m = q if q > m else m
+        q = abs(c32)
+        m = q if q > m else m
+        q = abs(d32)
+        mx[c] = q if q > m else m
+
+
+@numba.njit(nogil=True, cache=True)
+def _add_row(x, t, s2, s1, mx):  # pragma: no cover - compiled
+    for c in range(x.shape[1]):
+        a32 = x[t, c]
+        a = np.float64(a32)
+        s2[c] += a * a
+        s1[c] += a
+        q = abs(a32)
+        mx[c] = q if q > mx[c] else mx[c]
+
+
+@numba.njit(nogil=True, cache=True)
 def accumulate_channels(x, sum2, sum1, absmax):  # pragma: no cover - compiled
+    n_tokens = x.shape[0]
+    # local accumulators cannot alias x, which lets the channel loops vectorise
+    s2, s1, mx = sum2.copy(), sum1.copy(), absmax.copy()
+    t = 0
+    while t + 4 <= n_tokens:
+        _add_four_rows(x, t, s2, s1, mx)
+        t += 4
+    while t < n_tokens:
+        _add_row(x, t, s2, s1, mx)
+        t += 1
+    for c in range(x.shape[1]):
+        sum2[c] = s2[c]
+        sum1[c] = s1[c]
+        if absmax[c] != absmax[c]:
+            continue  # NaN already, stays NaN
+        # A NaN in x always makes the running sum NaN, so only such (rare) columns
+        # are rescanned for the NaN-propagating max of np.maximum.
+        absmax[c] = _column_absmax(x, c, absmax[c]) if s1[c] != s1[c] else mx[c]
+
+
+@numba.njit(nogil=True, cache=True)
+def _max_four_rows(x, t, mx, poison):  # pragma: no cover - compiled
+    for c in range(x.shape[1]):
+        a, b, e, d = x[t, c], x[t + 1, c], x[t + 2, c], x[t + 3, c]
+        m = mx[c]
+        q = abs(a)
+        m = q if q > m else m
+        q = abs(b)
+        m = q if q > m else m
+        q = abs(e)
+        m = q if q > m else m
+        q = abs(d)
+        mx[c] = q if q > m else m
+        # x - x is 0, or NaN for a NaN or an infinity
+        poison[c] += ((a - a) + (b - b)) + ((e - e) + (d - d))
+
+
+@numba.njit(nogil=True, cache=True)
+def accumulate_absmax(x, absmax):  # pragma: no cover - compiled
+    """absmax = max(absmax, |x| per column), NaN propagating like ``np.maximum``."""
     n_tokens, n_channels = x.shape
-    n_blocks = (n_channels + CHANNEL_BLOCK - 1) // CHANNEL_BLOCK
-    for b in numba.prange(n_blocks):
-        c0 = b * CHANNEL_BLOCK
-        w = min(n_channels, c0 + CHANNEL_BLOCK) - c0
-        # Block-local accumulators: they cannot alias x, so the channel loop vectorises
-        # (one SIMD lane per channel; each channel's sum still runs token by token).
-        s2 = np.empty(CHANNEL_BLOCK, dtype=np.float64)
-        s1 = np.empty(CHANNEL_BLOCK, dtype=np.float64)
-        mx = np.empty(CHANNEL_BLOCK, dtype=np.float32)
-        nan = np.zeros(CHANNEL_BLOCK, dtype=np.bool_)
-        for j in range(w):
-            s2[j] = sum2[c0 + j]
-            s1[j] = sum1[c0 + j]
-            mx[j] = absmax[c0 + j]
-        for t in range(n_tokens):
-            for j in range(w):
-                v32 = x[t, c0 + j]
-                v = np.float64(v32)
-                s2[j] += v * v
-                s1[j] += v
-                a = abs(v32)
-                # a NaN fails the comparison and is remembered in `nan`; a NaN already in
-                # mx stays (nothing compares greater): the NaN-propagating rule of np.maximum
-                mx[j] = a if a > mx[j] else mx[j]
-                nan[j] |= v32 != v32
-        for j in range(w):
-            sum2[c0 + j] = s2[j]
-            sum1[c0 + j] = s1[j]
-            absmax[c0 + j] = np.float32(np.nan) if nan[j] else mx[j]
+    mx = absmax.copy()
+    poison = np.zeros(n_channels, dtype=np.float32)
+    t = 0
+    while t + 4 <= n_tokens:
+        _max_four_rows(x, t, mx, poison)
+        t += 4
+    for c in range(n_channels):
+        if absmax[c] != absmax[c]:
+            continue  # NaN already, stays NaN
+        m = mx[c]
+        for r in range(t, n_tokens):  # the last rows, fewer than four
+            m = max(m, abs(x[r, c]))
+            poison[c] += x[r, c] - x[r, c]
+        # only columns that held a NaN or an infinity are rescanned for a NaN
+        absmax[c] = _column_absmax(x, c, absmax[c]) if poison[c] != poison[c] else m

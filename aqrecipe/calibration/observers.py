@@ -20,7 +20,7 @@ from typing import Mapping
 
 import numpy as np
 
-from aqrecipe.calibration.stats import Backend, ChannelStats
+from aqrecipe.calibration.stats import Backend, ChannelStats, update_absmax
 
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.")
 
@@ -96,35 +96,52 @@ class InputStatsObserver(LinearObserver):
 
 
 class DownProjRanges(LinearObserver):
-    """max |input| per input channel and max |output| per output channel of ffn_down."""
+    """max |input| per input channel and max |output| per output channel of ffn_down.
+
+    Given the run's :class:`InputStatsObserver` as ``input_stats`` (which keeps
+    max |x| of every linear's input already), the inputs are not scanned twice:
+    ``max_in`` is read from it.
+    """
 
     key = "down_proj"
     needs_output = True
 
-    def __init__(self) -> None:
-        self.max_in: dict[int, np.ndarray] = {}
+    def __init__(self, backend: Backend = "numba", input_stats: InputStatsObserver | None = None) -> None:
+        self.backend = backend
+        self.input_stats = input_stats
+        self._max_in: dict[int, np.ndarray] = {}
         self.max_out: dict[int, np.ndarray] = {}
+
+    @property
+    def max_in(self) -> dict[int, np.ndarray]:
+        if self.input_stats is None:
+            return self._max_in
+        stats = self.input_stats.stats
+        return {layer: stats[f"blk.{layer}.ffn_down.weight"].absmax.copy() for layer in self.max_out}
 
     def wants(self, gguf_name: str) -> bool:
         return gguf_name.endswith(".ffn_down.weight") and layer_of(gguf_name) is not None
 
     def observe(self, layer: int, gguf_name: str, x: np.ndarray, y: np.ndarray | None) -> None:
         assert y is not None
-        mi = np.abs(x).max(axis=0)
-        mo = np.abs(y).max(axis=0)
-        if layer in self.max_in:
-            np.fmax(self.max_in[layer], mi, out=self.max_in[layer])
-            np.fmax(self.max_out[layer], mo, out=self.max_out[layer])
-        else:
-            self.max_in[layer] = mi.astype(np.float32)
-            self.max_out[layer] = mo.astype(np.float32)
+        if layer not in self.max_out:
+            self.max_out[layer] = np.zeros(y.shape[1], dtype=np.float32)
+        update_absmax(self.max_out[layer], y, self.backend)
+        if self.input_stats is None:
+            if layer not in self._max_in:
+                self._max_in[layer] = np.zeros(x.shape[1], dtype=np.float32)
+            update_absmax(self._max_in[layer], x, self.backend)
 
     def layer_state(self, layer: int) -> dict[str, np.ndarray]:
-        if layer not in self.max_in:
+        if layer not in self.max_out:
             return {}
-        return {"max_in": self.max_in[layer], "max_out": self.max_out[layer]}
+        state = {"max_out": self.max_out[layer]}
+        if self.input_stats is None:
+            state["max_in"] = self._max_in[layer]
+        return state
 
     def restore_layer_state(self, layer: int, arrays: Mapping[str, np.ndarray]) -> None:
-        if "max_in" in arrays:
-            self.max_in[layer] = np.array(arrays["max_in"], dtype=np.float32)
+        if "max_out" in arrays:
             self.max_out[layer] = np.array(arrays["max_out"], dtype=np.float32)
+        if "max_in" in arrays and self.input_stats is None:
+            self._max_in[layer] = np.array(arrays["max_in"], dtype=np.float32)

@@ -171,7 +171,7 @@ def run_calibration(
         raise ResumeError(f"work folder expects {work.n_stages} stages, the model has {n_layers + 1}")
 
     stats_obs = InputStatsObserver(options.stats_backend) if options.collect else None
-    ranges_obs = DownProjRanges() if options.collect else None
+    ranges_obs = DownProjRanges(options.stats_backend, stats_obs) if options.collect else None
     all_obs: list[LinearObserver] = [o for o in (stats_obs, ranges_obs) if o is not None]
     all_obs += list(observers) if options.collect else []
     keys = [o.key for o in all_obs]

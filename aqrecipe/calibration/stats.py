@@ -4,12 +4,12 @@ One fused pass over a ``[tokens, channels]`` float32 block accumulates, per
 channel, the sum of x^2, the sum of x (both float64), max |x| (float32) and
 the token count. Two implementations give bit-identical results:
 
-* ``backend="numba"`` (default): a parallel kernel, compiled on first use
-  (never at ``import aqrecipe``) and cached on disk;
+* ``backend="numba"`` (default): a kernel that reads the block at memory
+  speed, compiled on first use (never at ``import aqrecipe``) and cached on disk;
 * ``backend="numpy"``: the plain-numpy twin the tests compare against.
 
 Both add tokens to each channel's accumulator one at a time, in row order, in
-float64 - the only order that is the same for a thread pool and for numpy.
+float64, so the result does not depend on how the tokens were batched.
 """
 
 from __future__ import annotations
@@ -25,16 +25,34 @@ Backend = Literal["numba", "numpy"]
 _NUMPY_ROWS = 2048
 
 
-def _numba_kernel():
-    from aqrecipe.calibration._kernels import accumulate_channels
+def update_absmax(absmax: np.ndarray, x: np.ndarray, backend: Backend = "numba") -> None:
+    """``absmax = max(absmax, |x| per column)`` of a float32 ``[tokens, channels]`` block.
 
-    return accumulate_channels
+    NaN propagates (as in ``np.maximum``); both backends give the same bits.
+    """
+    if x.ndim != 2 or x.dtype != np.float32 or absmax.shape != (x.shape[1],):
+        raise ValueError(f"expected a float32 [tokens, {absmax.shape[0]}] block, got {x.dtype}{list(x.shape)}")
+    if x.shape[0] == 0:
+        return
+    if backend == "numba":
+        from aqrecipe.calibration._kernels import accumulate_absmax
+
+        accumulate_absmax(np.ascontiguousarray(x), absmax)
+    elif backend == "numpy":
+        np.maximum(absmax, np.abs(x).max(axis=0), out=absmax)
+    else:
+        raise ValueError(f"unknown statistics backend {backend!r}")
 
 
 def accumulate_numpy(
     x: np.ndarray, sum2: np.ndarray, sum1: np.ndarray, absmax: np.ndarray
 ) -> None:
     """The numpy twin of the numba kernel: same sums, same order, same bits."""
+    with np.errstate(invalid="ignore"):  # inf + -inf is NaN, as in the kernel
+        _accumulate_numpy(x, sum2, sum1, absmax)
+
+
+def _accumulate_numpy(x: np.ndarray, sum2: np.ndarray, sum1: np.ndarray, absmax: np.ndarray) -> None:
     for start in range(0, x.shape[0], _NUMPY_ROWS):
         block32 = x[start : start + _NUMPY_ROWS]
         block = block32.astype(np.float64)
@@ -74,7 +92,9 @@ class ChannelStats:
         if x.shape[0] == 0:
             return
         if backend == "numba":
-            _numba_kernel()(x, self.sum2, self.sum1, self.absmax)
+            from aqrecipe.calibration._kernels import accumulate_channels
+
+            accumulate_channels(x, self.sum2, self.sum1, self.absmax)
         elif backend == "numpy":
             accumulate_numpy(x, self.sum2, self.sum1, self.absmax)
         else:
