@@ -10,6 +10,7 @@ import contextlib
 import contextvars
 import errno
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -68,15 +69,54 @@ def atomic_path(dest: Path) -> Iterator[Path]:
         os.replace(tmp, dest)
         _fsync_folder(dest.parent)
     except OSError as exc:
-        if exc.filename is not None and str(exc.filename) not in (str(tmp), str(dest)):
-            tmp.unlink(missing_ok=True)
-            raise  # about another file (e.g. reading the model), not about the output
-        error = write_failure(dest, tmp, exc)  # before unlinking: the temp file's size is evidence
+        error = _output_error(exc, dest, tmp)  # before unlinking: the temp file's size is evidence
         tmp.unlink(missing_ok=True)
         raise error from exc
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(dest: Path) -> Iterator[Path]:
+    """Yield a temp folder beside ``dest``; on success it replaces ``dest`` (an earlier output).
+
+    The folder counterpart of :func:`atomic_path` (same ``.tmp-<pid>`` name): the
+    files are fsynced before the rename, and an earlier ``dest`` is removed only
+    once the new folder is in place. The caller checks ``dest`` before any work.
+    """
+    dest = Path(dest)
+    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        for folder, _, files in os.walk(tmp):
+            for name in files:
+                with open(os.path.join(folder, name), "rb") as fh:
+                    os.fsync(fh.fileno())
+            _fsync_folder(Path(folder))
+        old = dest.with_name(f"{dest.name}.old-{os.getpid()}")
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        _fsync_folder(dest.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        error = _output_error(exc, dest, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise error from exc
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _output_error(exc: OSError, dest: Path, tmp: Path) -> OSError:
+    """``exc`` as a :func:`write_failure` when it is about writing the output, else unchanged."""
+    name = exc.filename
+    if name is not None and not any(Path(name) == p or p in Path(name).parents for p in (tmp, dest)):
+        return exc  # about another file (e.g. reading the model), not about the output
+    return write_failure(dest, tmp, exc)
 
 
 @contextlib.contextmanager

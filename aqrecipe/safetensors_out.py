@@ -10,18 +10,16 @@ under a temporary name and renamed when complete: a failed run leaves nothing.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
 import struct
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import numpy as np
 
 from .errors import OutputError
-from .fileio import check_output_folder
+from .fileio import atomic_folder, check_output_folder
 
 if TYPE_CHECKING:
     from .plan import Plan, PlanEntry
@@ -53,29 +51,6 @@ def copy_tokenizer(source: Any, folder: Path) -> list[str]:
             shutil.copyfile(src / name, folder / name)
             copied.append(name)
     return copied
-
-
-@contextlib.contextmanager
-def atomic_folder(dest: Path) -> Iterator[Path]:
-    """Yield a temp folder beside ``dest``; on success it replaces ``dest`` (an earlier output).
-
-    The folder counterpart of :func:`aqrecipe.fileio.atomic_path` (same ``.tmp-<pid>`` name).
-    """
-    dest = Path(dest)
-    check_folder_output(dest)
-    tmp = dest.with_name(f"{dest.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-        old = dest.with_name(f"{dest.name}.old-{os.getpid()}")
-        if dest.exists():
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def resolve_dtype(dtype: str, source_config: Mapping[str, Any]) -> str:
@@ -130,6 +105,7 @@ def write_hf_folder(dest: Path, plan: Plan, source: Any, tensors: Iterable[tuple
     dtype = resolve_dtype(dtype, source.config)
     config = {k: v for k, v in source.config.items() if k != "quantization_config"}
     config["torch_dtype" if "torch_dtype" in config else "dtype"] = _TORCH_NAMES[dtype]
+    check_folder_output(Path(dest))
     with atomic_folder(Path(dest)) as tmp:
         write_safetensors(tmp / "model.safetensors", plan, tensors, dtype, {"format": "pt", **(metadata or {})})
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -5,9 +5,10 @@ bit-identical to the sequential numpy twin in :mod:`aqrecipe.calibration.stats`.
 
 The kernels walk the rows of the block four at a time, so each channel's
 accumulators are loaded and stored once per four tokens and the channel loop
-vectorises (one SIMD lane per channel). That makes them as fast as reading the
-block from memory, so they run on one thread: a second thread would not read
-any faster and would compete with torch's own threads.
+vectorises (one SIMD lane per channel). That brings them close to the speed of
+reading the block (1.0-2.0x ``np.sum`` of it, bench/bench_stats_kernel.py), so
+they run on one thread: a second one did not help (memory-bound) and would
+compete with torch's threads between matmuls.
 """
 
 from __future__ import annotations

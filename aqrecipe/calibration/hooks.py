@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Any, Sequence
 
 import numpy as np
@@ -19,7 +20,9 @@ class LayerHooks:
         self.observers = observers
         self.stats = stats
         self.handles = []
-        self._batch_inputs: dict[str, Any] = {}
+        # weak references: holding a batch's inputs alive would keep ~50 MB per batch from
+        # torch's allocator; a dead reference returns None, so it never matches a new tensor
+        self._batch_inputs: dict[str, weakref.ref] = {}
         self._first_batch = True
         self._alias: dict[str, str] = {}
         self.seconds = 0.0  # time spent in the observers (the statistics' cost)
@@ -46,13 +49,13 @@ class LayerHooks:
 
     def _record(self, gguf_name: str, x_t, y_t) -> None:
         # identity of the very tensor object passed in: q/k/v (gate/up) receive the same one
-        same = next((n for n, t in self._batch_inputs.items() if t is x_t), None)
+        same = next((n for n, ref in self._batch_inputs.items() if ref() is x_t), None)
         if self._first_batch and same is not None and self.stats is not None:
             self._alias[gguf_name] = same
             self.stats.alias(gguf_name, same)
         elif self._alias.get(gguf_name) not in (None, same):
             raise RuntimeError(f"{gguf_name}: linears that shared an input stopped sharing it")
-        self._batch_inputs[gguf_name] = x_t
+        self._batch_inputs[gguf_name] = weakref.ref(x_t)
         if same is not None and self.stats is not None and not any(
                 o.wants(gguf_name) for o in self.observers if o is not self.stats):
             self.stats.observe(self.stage, gguf_name, None, None)  # type: ignore[arg-type]

@@ -4,8 +4,8 @@ One fused pass over a ``[tokens, channels]`` float32 block accumulates, per
 channel, the sum of x^2, the sum of x (both float64), max |x| (float32) and
 the token count. Two implementations give bit-identical results:
 
-* ``backend="numba"`` (default): a kernel that reads the block at memory
-  speed, compiled on first use (never at ``import aqrecipe``) and cached on disk;
+* ``backend="numba"`` (default): a kernel close to the speed of reading the
+  block, compiled on first use (never at ``import aqrecipe``) and cached on disk;
 * ``backend="numpy"``: the plain-numpy twin the tests compare against.
 
 Both add tokens to each channel's accumulator one at a time, in row order, in

@@ -6,8 +6,8 @@ import logging
 import os
 from pathlib import Path
 
-from aqrecipe.errors import ImatrixError, OutputError
-from aqrecipe.fileio import atomic_output
+from aqrecipe.errors import ImatrixError
+from aqrecipe.fileio import atomic_output, atomic_path
 from aqrecipe.imatrix.dat_format import DEFAULT_CHUNK_SIZE, read_dat_imatrix, write_dat_imatrix
 from aqrecipe.imatrix.data import ImatrixData
 from aqrecipe.imatrix.gguf_format import read_gguf_imatrix, write_gguf_imatrix
@@ -57,29 +57,14 @@ def save_imatrix(data: ImatrixData, path: str | os.PathLike[str], *, fmt: str | 
     if not data.entries:
         raise ImatrixError("refusing to write an empty imatrix", hint="the calibration produced no statistics")
     if kind == "gguf":
-        _write_gguf_atomic(data, dest)
+        with atomic_path(dest) as tmp:  # gguf-py writes by path
+            write_gguf_imatrix(data, tmp)
     elif kind == "dat":
         with atomic_output(dest) as fh:
             write_dat_imatrix(data, fh, chunk_size)
     else:
         raise ImatrixError(f"unknown imatrix format {kind!r}", hint="use gguf or dat")
     return dest
-
-
-def _write_gguf_atomic(data: ImatrixData, dest: Path) -> None:
-    """gguf-py writes by path: write a temp file next to ``dest``, fsync, rename."""
-    folder = dest.parent if str(dest.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"output folder {folder} does not exist", hint=f"create it: mkdir -p {folder}")
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    try:
-        write_gguf_imatrix(data, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def convert_imatrix(src: str | os.PathLike[str], dest: str | os.PathLike[str], *,

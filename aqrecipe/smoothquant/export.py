@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from aqrecipe.safetensors_out import atomic_folder, copy_tokenizer
+from aqrecipe.fileio import atomic_folder
+from aqrecipe.safetensors_out import check_folder_output, copy_tokenizer
 from aqrecipe.smoothquant.fakequant import quantize_weight_int8
 
 
@@ -47,6 +48,7 @@ def write_compressed_tensors(model: Any, source: Any, dest: Path,
                 module.input_scale.fill_(float(input_scales[name]))
     compressor = ModelCompressor.from_pretrained_model(model, quantization_format="int-quantized")
     compressor.compress_model(model)
+    check_folder_output(Path(dest))
     with atomic_folder(dest) as tmp:
         model.save_pretrained(tmp)
         compressor.update_config(str(tmp))
@@ -56,6 +58,7 @@ def write_compressed_tensors(model: Any, source: Any, dest: Path,
 def write_smoothed_folder(model: Any, source: Any, folder: Path) -> Path:
     """Save the smoothed float model as a float32 HF folder (with tokenizer) in ``folder``."""
     folder = Path(folder)
+    check_folder_output(folder)
     with atomic_folder(folder) as tmp:
         model.save_pretrained(tmp)
         copy_tokenizer(source, tmp)
