@@ -165,10 +165,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         data, text = eval_command(args, _set_rules(args))
         _emit(args, data, text)
         return EXIT_OK
-    if args.imatrix or args.set or args.work_dir:
+    if args.imatrix or args.set or args.work_dir or args.restart:
         from .errors import EvalError
 
-        raise EvalError("--imatrix, --set and --work-dir only apply with --simulate",
+        raise EvalError("--imatrix, --set, --work-dir and --restart only apply with --simulate",
                         hint="add --simulate to evaluate a recipe's simulated quantization, or drop them")
     report = evaluate(
         args.model,

@@ -1,7 +1,7 @@
 """imatrix files against llama.cpp's own tools (issue #4).
 
 ``llama-imatrix`` and ``llama-quantize`` are built from the llama.cpp sources vendored in
-the llama-cpp-python sdist (tests/llamacpp_build.py; ~10-20 minutes once, then cached).
+the llama-cpp-python sdist (tests/llamacpp_build.py; once, then cached: 1,015 CPU-seconds, see BENCHMARKS.md).
 On the tiny llama model (an F32 GGUF written by aqrecipe):
 
 a. llama-imatrix's GGUF and legacy .dat outputs load in aqrecipe, show prints them, the

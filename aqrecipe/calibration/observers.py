@@ -117,7 +117,7 @@ class DownProjRanges(LinearObserver):
         if self.input_stats is None:
             return self._max_in
         stats = self.input_stats.stats
-        return {layer: stats[f"blk.{layer}.ffn_down.weight"].absmax.copy() for layer in self.max_out}
+        return {layer: stats[f"blk.{layer}.ffn_down.weight"].absmax for layer in self.max_out}
 
     def wants(self, gguf_name: str) -> bool:
         return gguf_name.endswith(".ffn_down.weight") and layer_of(gguf_name) is not None

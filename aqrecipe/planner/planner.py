@@ -47,6 +47,8 @@ def groups_of(m: Measurement) -> list[Group]:
 
 
 def _solve(groups: list[Group], budget: int, method: str) -> Solution | None:
+    if not groups:  # every tensor pinned: nothing to choose
+        return Solution((), 0, 0.0, "fixed") if budget >= 0 else None
     if method == "auto":
         cells = min(budget, 1 << 16)
         method = "dp" if len(groups) * max(len(g.options) for g in groups) * cells <= DP_WORK_LIMIT else "lagrangian"
@@ -114,14 +116,13 @@ def solve_plan(m: Measurement, budget: Budget, *, method: str = "auto",
     fixed = m.fixed_bytes + pinned_bytes
     groups = [g for g in groups_of(m) if g.name not in fixed_types]
     cap = None if budget.max_kld is None else budget.max_kld - pinned_error
-    if budget.total_bytes is None:
-        need = None if cap is None or not groups else smallest_size_for_error(groups, cap)
-        if need is None and groups:
+    if budget.total_bytes is None:  # then cap is set
+        need = smallest_size_for_error(groups, cap)
+        if need is None:
             raise _infeasible(m, groups, Budget(None, cap), None, fixed)
-        sol = _solve(groups, need, method) if groups else Solution((), 0, 0.0, "fixed")
+        sol = _solve(groups, need, method)
     else:
-        sol = _solve(groups, budget.total_bytes - fixed, method) if groups else (
-            Solution((), 0, 0.0, "fixed") if budget.total_bytes >= fixed else None)
+        sol = _solve(groups, budget.total_bytes - fixed, method)
         if sol is None or (cap is not None and sol.total_error > cap):
             raise _infeasible(m, groups, Budget(budget.total_bytes, cap), sol, fixed)
     assert sol is not None
