@@ -140,6 +140,12 @@ class ApplyOptions:
     output_format: str | None = None  # None: the recipe's output.format; "safetensors" for -o DIR/
     max_memory: int | None = None  # --max-memory bytes: sizes the calibration cache, refuses a model that cannot fit
 
+    def evaluates(self, recipe: Recipe | None) -> bool:
+        """Whether this run evaluates its output: ``--eval``/``--no-eval``, else the recipe's evaluation section."""
+        if self.evaluate is not None:
+            return self.evaluate
+        return bool(recipe is not None and recipe.evaluation.enabled)
+
 
 def default_work_dir(dest: Path) -> Path:
     """Checkpoints live beside the output so a rerun of the same command resumes."""
@@ -194,8 +200,7 @@ def _apply_locked(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyO
 
     quality = None
     eval_spec = recipe.evaluation if recipe is not None else None
-    do_eval = options.evaluate if options.evaluate is not None else bool(eval_spec and eval_spec.enabled)
-    if do_eval:
+    if options.evaluates(recipe):
         t1 = time.perf_counter()
         quality = evaluate_output(plan, dest, eval_spec, recipe)
         seconds["evaluate"] = time.perf_counter() - t1
@@ -220,7 +225,7 @@ def run_smoothquant_apply(plan: Plan, recipe: Recipe, dest: Path, options: Apply
     imatrix_section = recipe.stage("imatrix") or {}
     spec = calibration_spec(imatrix_section.get("calibration"), recipe)
     ev = recipe.evaluation
-    do_eval = options.evaluate if options.evaluate is not None else ev.enabled
+    do_eval = options.evaluates(recipe)
     result = run_smoothquant(
         recipe.stage("smoothquant"),
         plan.model_path,

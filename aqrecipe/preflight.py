@@ -71,7 +71,7 @@ def used_inputs(recipe: Recipe | None, options: Any) -> list[InputFile]:
         return used
     smoothquant = recipe.stage("smoothquant") is not None  # reads imatrix.calibration, never an imatrix
     computes = (recipe.stage("imatrix") or {}).get("type") == "compute" and options.imatrix_path is None
-    evaluates = options.evaluate if options.evaluate is not None else recipe.evaluation.enabled
+    evaluates = options.evaluates(recipe)
     for f in named_inputs(recipe):
         if f.kind == "imatrix":
             keep = options.imatrix_path is None and not smoothquant

@@ -73,7 +73,9 @@ def check_destination(dest: Path, recipe: Any, options: Any) -> None:
     section = recipe.stage("smoothquant") if recipe is not None else None
     kind = "folder" if wants_folder(recipe, options) else "file"
     if section is not None:  # W8A8: compressed-tensors (a folder), a Q8_0 GGUF, or nothing
-        kind = {"gguf-q8_0": "file", "none": "none"}.get((section.get("output") or {}).get("type", ""), "folder")
+        from .smoothquant.config import SmoothQuantConfig
+
+        kind = {"gguf-q8_0": "file", "none": "none"}.get(SmoothQuantConfig.from_dict(section).output, "folder")
     if kind != "none":
         check_output_folder(dest, probe=True, folder_ok=kind == "folder")
     if kind == "folder":

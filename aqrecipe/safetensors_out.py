@@ -149,7 +149,7 @@ def run_safetensors_apply(plan: Plan, recipe: Any, dest: Path, options: Any) -> 
     seconds["simulate_and_write"] = time.perf_counter() - t0
     quality = None
     ev = recipe.evaluation if recipe is not None else None
-    if options.evaluate if options.evaluate is not None else bool(ev and ev.enabled):
+    if options.evaluates(recipe):
         from .evaluate import evaluate
 
         t0 = time.perf_counter()
