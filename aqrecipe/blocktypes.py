@@ -1,12 +1,14 @@
-"""Block layouts of the GGUF types aqrecipe writes, and llama.cpp's fallbacks.
+"""Block layouts of the GGUF types aqrecipe writes, llama.cpp's fallbacks and file types.
 
-The same table lives in the Rust core (``rust/codecs/src/layout.rs``); a test
-checks that the two agree with each other and with the ``gguf`` package.
+The same layout table lives in the Rust core (``rust/codecs/src/layout.rs``); a
+test checks that the two agree with each other and with the ``gguf`` package.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import gguf
 
 from .errors import UnknownTypeError
 
@@ -108,3 +110,49 @@ def fallback_for(name: str, row_len: int) -> str:
     while not fits(current, row_len):
         current = _FALLBACK.get(current, "F16")
     return current
+
+
+_FT = gguf.LlamaFileType
+
+#: ``general.file_type`` (llama.h's ``LLAMA_FTYPE_*``) by llama.cpp file-type name, plus the
+#: block types that name no file type. The one table: the plan compiler labels plans with it
+#: and the GGUF writer guesses with it.
+FILE_TYPES: dict[str, gguf.LlamaFileType] = {
+    "F32": _FT.ALL_F32,
+    "F16": _FT.MOSTLY_F16,
+    "BF16": _FT.MOSTLY_BF16,
+    "Q8_0": _FT.MOSTLY_Q8_0,
+    "Q4_0": _FT.MOSTLY_Q4_0,
+    "Q4_1": _FT.MOSTLY_Q4_1,
+    "Q5_0": _FT.MOSTLY_Q5_0,
+    "Q5_1": _FT.MOSTLY_Q5_1,
+    "Q2_K": _FT.MOSTLY_Q2_K,
+    "Q3_K_M": _FT.MOSTLY_Q3_K_M,
+    "Q4_K_S": _FT.MOSTLY_Q4_K_S,
+    "Q4_K_M": _FT.MOSTLY_Q4_K_M,
+    "Q5_K_S": _FT.MOSTLY_Q5_K_S,
+    "Q5_K_M": _FT.MOSTLY_Q5_K_M,
+    "Q6_K": _FT.MOSTLY_Q6_K,
+    "IQ4_NL": _FT.MOSTLY_IQ4_NL,
+    "IQ2_XXS": _FT.MOSTLY_IQ2_XXS,
+    "IQ1_S": _FT.MOSTLY_IQ1_S,
+    "IQ1_M": _FT.MOSTLY_IQ1_M,
+    "TQ1_0": _FT.MOSTLY_TQ1_0,
+    "TQ2_0": _FT.MOSTLY_TQ2_0,
+    # A file mostly of Q3_K/Q4_K/Q5_K is the _M mixture: llama_model_loader's label for it
+    # when general.file_type is absent (the only file type llama.cpp itself gives such a file).
+    "Q3_K": _FT.MOSTLY_Q3_K_M,
+    "Q4_K": _FT.MOSTLY_Q4_K_M,
+    "Q5_K": _FT.MOSTLY_Q5_K_M,
+}
+
+
+def file_type_for(name: str) -> gguf.LlamaFileType:
+    """``general.file_type`` of a llama.cpp file type (``"Q4_K_M"``) or of a file made of one block type."""
+    try:
+        return FILE_TYPES[name]
+    except KeyError:
+        raise UnknownTypeError(
+            f"no llama.cpp file type for {name!r}",
+            hint=f"use one of: {', '.join(FILE_TYPES)}",
+        ) from None

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import gguf
 import numpy as np
 
-from ..blocktypes import layout
+from ..blocktypes import file_type_for, layout
 from ..errors import ByteLengthError, ShapeMismatchError
 from ..models.source import ModelSource
 from ..fileio import atomic_path, check_output_folder
@@ -48,37 +48,13 @@ class PlannedTensorLike(Protocol):
     type_name: str
 
 
-#: the llama.cpp file type a file made mostly of one tensor type reports
-_FILE_TYPE_OF = {
-    "F32": gguf.LlamaFileType.ALL_F32,
-    "F16": gguf.LlamaFileType.MOSTLY_F16,
-    "BF16": gguf.LlamaFileType.MOSTLY_BF16,
-    "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-    "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
-    "Q4_1": gguf.LlamaFileType.MOSTLY_Q4_1,
-    "Q5_0": gguf.LlamaFileType.MOSTLY_Q5_0,
-    "Q5_1": gguf.LlamaFileType.MOSTLY_Q5_1,
-    "Q2_K": gguf.LlamaFileType.MOSTLY_Q2_K,
-    "Q3_K": gguf.LlamaFileType.MOSTLY_Q3_K_M,
-    "Q4_K": gguf.LlamaFileType.MOSTLY_Q4_K_M,
-    "Q5_K": gguf.LlamaFileType.MOSTLY_Q5_K_M,
-    "Q6_K": gguf.LlamaFileType.MOSTLY_Q6_K,
-    "IQ4_NL": gguf.LlamaFileType.MOSTLY_IQ4_NL,
-    "IQ2_XXS": gguf.LlamaFileType.MOSTLY_IQ2_XXS,
-    "IQ1_S": gguf.LlamaFileType.MOSTLY_IQ1_S,
-    "IQ1_M": gguf.LlamaFileType.MOSTLY_IQ1_M,
-    "TQ1_0": gguf.LlamaFileType.MOSTLY_TQ1_0,
-    "TQ2_0": gguf.LlamaFileType.MOSTLY_TQ2_0,
-}
-
-
 def guess_file_type(planned: Sequence[PlannedTensorLike]) -> int:
     """llama.cpp's general.file_type for the most common type among the matrices."""
     counts = Counter(p.type_name for p in planned if len(p.shape) >= 2)
     if not counts:
         return int(gguf.LlamaFileType.ALL_F32)
     top = max(sorted(counts), key=lambda name: counts[name])
-    return int(_FILE_TYPE_OF.get(top, gguf.LlamaFileType.GUESSED))
+    return int(file_type_for(top))
 
 
 def tensor_nbytes(shape: Sequence[int], type_name: str) -> int:

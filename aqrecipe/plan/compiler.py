@@ -10,9 +10,9 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from ..blocktypes import NEEDS_IMATRIX, fallback_for, layout
+from ..blocktypes import NEEDS_IMATRIX, fallback_for, file_type_for, layout
 from ..errors import PlanError
-from .mixtures import MIXTURES, TensorContext, get_mixture, mixture_type
+from .mixtures import TensorContext, get_mixture, mixture_type
 from .model import Plan, PlanEntry
 from .rules import Rule, RuleSet
 
@@ -20,10 +20,6 @@ if TYPE_CHECKING:
     from ..models import ModelSource
 
 _LAYER = re.compile(r"^blk\.(\d+)\.")
-
-#: ``general.file_type`` for a uniform single type that is not itself a mixture name.
-_SINGLE_TYPE_FILE_TYPE = {"Q4_K": 14, "Q5_K": 16, "Q3_K": 11, "IQ4_NL": 25, "F32": 0}
-_GUESSED_FILE_TYPE = 1024
 
 
 @dataclass(frozen=True)
@@ -42,12 +38,10 @@ class PlanSpec:
         raise PlanError("no quantization type given", hint="set quantization.mixture or quantization.default")
 
     def file_type(self) -> int:
+        """``general.file_type``: the mixture's, as llama-quantize writes the one it was asked for."""
         if self.mixture:
             return get_mixture(self.mixture).file_type
-        base = self.base_type()
-        if base in MIXTURES:
-            return MIXTURES[base].file_type
-        return _SINGLE_TYPE_FILE_TYPE.get(base, _GUESSED_FILE_TYPE)
+        return int(file_type_for(self.base_type()))
 
 
 def is_quantizable(gguf_name: str, shape: Sequence[int]) -> bool:

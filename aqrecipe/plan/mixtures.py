@@ -10,41 +10,45 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..blocktypes import layout
+from ..blocktypes import file_type_for, layout
 from ..errors import PlanError
 
 
 @dataclass(frozen=True)
 class Mixture:
-    """A llama.cpp file type: its base tensor type and ``general.file_type`` id."""
+    """A llama.cpp file type: its name and base tensor type."""
 
     name: str
     base_type: str
-    file_type: int
+
+    @property
+    def file_type(self) -> int:
+        """``general.file_type``, from the one table in :mod:`aqrecipe.blocktypes`."""
+        return int(file_type_for(self.name))
 
 
 MIXTURES: dict[str, Mixture] = {
     m.name: m
     for m in (
-        Mixture("F16", "F16", 1),
-        Mixture("BF16", "BF16", 32),
-        Mixture("Q8_0", "Q8_0", 7),
-        Mixture("Q4_0", "Q4_0", 2),
-        Mixture("Q4_1", "Q4_1", 3),
-        Mixture("Q5_0", "Q5_0", 8),
-        Mixture("Q5_1", "Q5_1", 9),
-        Mixture("Q2_K", "Q2_K", 10),
-        Mixture("Q3_K_M", "Q3_K", 12),
-        Mixture("Q4_K_S", "Q4_K", 14),
-        Mixture("Q4_K_M", "Q4_K", 15),
-        Mixture("Q5_K_S", "Q5_K", 16),
-        Mixture("Q5_K_M", "Q5_K", 17),
-        Mixture("Q6_K", "Q6_K", 18),
-        Mixture("IQ2_XXS", "IQ2_XXS", 19),
-        Mixture("IQ1_S", "IQ1_S", 24),
-        Mixture("IQ1_M", "IQ1_M", 31),
-        Mixture("TQ1_0", "TQ1_0", 36),
-        Mixture("TQ2_0", "TQ2_0", 37),
+        Mixture("F16", "F16"),
+        Mixture("BF16", "BF16"),
+        Mixture("Q8_0", "Q8_0"),
+        Mixture("Q4_0", "Q4_0"),
+        Mixture("Q4_1", "Q4_1"),
+        Mixture("Q5_0", "Q5_0"),
+        Mixture("Q5_1", "Q5_1"),
+        Mixture("Q2_K", "Q2_K"),
+        Mixture("Q3_K_M", "Q3_K"),
+        Mixture("Q4_K_S", "Q4_K"),
+        Mixture("Q4_K_M", "Q4_K"),
+        Mixture("Q5_K_S", "Q5_K"),
+        Mixture("Q5_K_M", "Q5_K"),
+        Mixture("Q6_K", "Q6_K"),
+        Mixture("IQ2_XXS", "IQ2_XXS"),
+        Mixture("IQ1_S", "IQ1_S"),
+        Mixture("IQ1_M", "IQ1_M"),
+        Mixture("TQ1_0", "TQ1_0"),
+        Mixture("TQ2_0", "TQ2_0"),
     )
 }
 
