@@ -1,4 +1,9 @@
-"""Type stub of the Rust extension ``aqrecipe._packer`` (use :mod:`aqrecipe.codecs`)."""
+"""Type stub of the Rust extension ``aqrecipe._packer`` (use :mod:`aqrecipe.codecs`).
+
+Every function raises only :mod:`aqrecipe.errors` exceptions (``CodecError`` subclasses),
+wrong arguments included; a Rust panic, which would be a bug, arrives as ``CodecError``
+naming the call, never as ``PanicException``.
+"""
 
 from typing import Any
 
@@ -9,12 +14,15 @@ def quantize(
     x: npt.NDArray[np.float32],
     type_name: str,
     importance: npt.NDArray[np.float32] | None = None,
-    ternary_absmean: bool = False,
+    ternary_absmean: bool | None = False,
 ) -> npt.NDArray[np.uint8]:
     """Encode a C-contiguous 2-D float32 matrix; returns uint8 ``(rows, row_bytes)``."""
 
 def dequantize(data: npt.NDArray[np.uint8], type_name: str, shape: list[int]) -> npt.NDArray[np.float32]:
-    """Decode C-contiguous uint8 bytes into float32 of ``shape`` (last entry = row length)."""
+    """Decode C-contiguous uint8 bytes into float32 of ``shape`` (last entry = row length).
+
+    Every size the shape implies is checked before the output is allocated.
+    """
 
 def row_bytes(type_name: str, row_len: int) -> int:
     """Bytes of one row of ``row_len`` weights."""

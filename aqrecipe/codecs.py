@@ -17,6 +17,9 @@ True
 
 from __future__ import annotations
 
+import math
+import operator
+import sys
 from typing import Any
 
 import numpy as np
@@ -24,7 +27,7 @@ import numpy.typing as npt
 
 from . import _packer
 from .blocktypes import layout
-from .errors import ImportanceError, ShapeMismatchError
+from .errors import ImportanceError, RowLengthError, ShapeMismatchError
 
 __all__ = ["quantize", "dequantize", "row_bytes"]
 
@@ -61,9 +64,10 @@ def quantize(
     layout(type_name)  # unknown names fail here, listing the allowed ones
     arr = _as_float32(x)
     lead, row_len = arr.shape[:-1], arr.shape[-1]
-    rows = arr.reshape(-1, row_len) if arr.size else np.empty((int(np.prod(lead)), row_len), np.float32)
+    rows = arr.reshape(-1, row_len) if arr.size else np.empty((math.prod(lead), row_len), np.float32)
     imp = None if importance is None else _importance(importance, row_len)
     out = _packer.quantize(rows, type_name, imp, ternary_absmean)
+    # Fits whenever arr does: a row's bytes are at most 4 per weight, as in arr's float32.
     return out.reshape(*lead, out.shape[-1])
 
 
@@ -80,29 +84,85 @@ def dequantize(data: Any, type_name: str, shape: int | tuple[int, ...] | list[in
         UnknownTypeError, RowLengthError, ByteLengthError, ShapeMismatchError.
     """
     layout(type_name)
-    dims = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
-    if not dims or any(int(d) < 0 for d in dims):
-        raise ShapeMismatchError(
-            f"invalid shape {dims!r}", hint="give the decoded tensor's shape, e.g. (rows, row_len)"
-        )
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        buf = np.frombuffer(data, dtype=np.uint8)
-    else:
-        arr = np.asarray(data)
-        if arr.dtype != np.uint8:
-            arr = arr.view(np.uint8) if arr.dtype.kind in "iuf" and arr.flags.c_contiguous else arr.astype(np.uint8)
-        buf = np.ascontiguousarray(arr).reshape(-1)
-    return _packer.dequantize(buf, type_name, [int(d) for d in dims])
+    dims = _shape(shape)
+    return _packer.dequantize(_as_bytes(data), type_name, list(dims))
 
 
 def row_bytes(type_name: str, row_len: int) -> int:
     """Bytes of one row of ``row_len`` weights (raises RowLengthError if it does not fit)."""
     layout(type_name)
-    return int(_packer.row_bytes(type_name, int(row_len)))
+    n = _index(row_len)
+    if n is None or not 0 <= n <= sys.maxsize:
+        raise RowLengthError(
+            f"row length {row_len!r} is not an integer from 0 to {sys.maxsize}",
+            hint="give the number of weights in one row (the tensor's shape[-1])",
+        )
+    return int(_packer.row_bytes(type_name, n))
+
+
+def _as_bytes(data: Any) -> npt.NDArray[np.uint8]:
+    """The encoded bytes as a flat, C-contiguous uint8 array."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return np.frombuffer(data, dtype=np.uint8)
+    try:
+        arr = np.asarray(data)
+        if arr.ndim == 0:  # a scalar's bytes: a 0-d array cannot change its itemsize
+            arr = arr.reshape(1)
+        if arr.dtype != np.uint8:
+            arr = arr.view(np.uint8) if arr.dtype.kind in "iuf" and arr.flags.c_contiguous else arr.astype(np.uint8)
+        return np.ascontiguousarray(arr).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise ShapeMismatchError(
+            f"cannot read encoded bytes from {type(data).__name__}: {exc}",
+            hint="pass the packed tensor as bytes or a uint8 array",
+        ) from None
+
+
+def _index(value: Any) -> int | None:
+    """``value`` as an exact integer (int, numpy integer), or None (floats are not shapes)."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def _shape(shape: Any) -> tuple[int, ...]:
+    """A decoded tensor's shape: integers from 0 to sys.maxsize, at least one of them.
+
+    Rust checks the sizes the shape implies (element and byte counts); this refuses
+    what cannot be a dimension at all (a negative, a float, a value past 2**63 - 1).
+    """
+    hint = "give the decoded tensor's shape as non-negative integers, e.g. (rows, row_len)"
+    one = _index(shape)
+    if one is not None:
+        dims: tuple[Any, ...] = (one,)
+    elif isinstance(shape, (str, bytes)):
+        raise ShapeMismatchError(f"shape must be a sequence of integers, got {shape!r}", hint=hint)
+    else:
+        try:
+            dims = tuple(shape)
+        except TypeError:
+            raise ShapeMismatchError(f"shape must be a sequence of integers, got {shape!r}", hint=hint) from None
+    if not dims:
+        raise ShapeMismatchError("shape () has no dimensions; the last one is the row length", hint=hint)
+    out = []
+    for i, d in enumerate(dims):
+        n = _index(d)
+        if n is None or not 0 <= n <= sys.maxsize:
+            raise ShapeMismatchError(
+                f"shape {dims!r}: dimension {i} is {d!r}, not an integer from 0 to {sys.maxsize}", hint=hint
+            )
+        out.append(n)
+    return tuple(out)
 
 
 def _as_float32(x: npt.ArrayLike) -> npt.NDArray[np.float32]:
-    arr = np.asarray(x)
+    try:
+        arr = np.asarray(x)
+    except ValueError as exc:  # ragged nested lists
+        raise ShapeMismatchError(
+            f"cannot quantize {type(x).__name__}: {exc}", hint="pass a rectangular array of real weights"
+        ) from None
     if arr.dtype.kind not in "fiub":
         raise ShapeMismatchError(
             f"cannot quantize an array of dtype {arr.dtype}", hint="pass real-valued weights (float32 preferred)"
@@ -111,7 +171,13 @@ def _as_float32(x: npt.ArrayLike) -> npt.NDArray[np.float32]:
         raise ShapeMismatchError(
             "cannot quantize a scalar", hint="pass a 1-D row or a 2-D [rows, row_len] matrix"
         )
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    try:
+        return np.ascontiguousarray(arr, dtype=np.float32)
+    except ValueError:  # an empty array whose axes numpy cannot hold as float32
+        raise ShapeMismatchError(
+            f"an array of shape {arr.shape} is too large to hold as float32",
+            hint="drop the empty tensor, or give it real axis lengths",
+        ) from None
 
 
 def _importance(importance: npt.ArrayLike, row_len: int) -> npt.NDArray[np.float32]:

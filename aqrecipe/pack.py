@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import codecs
-from .errors import CodecError, NonFiniteWeightError
+from .errors import CodecError, NonFiniteWeightError, ShapeMismatchError
 
 if TYPE_CHECKING:
     from .models import ModelSource
@@ -24,7 +24,14 @@ def pack_entry(
     ``ternary_absmean`` picks the BitNet-style block scale for TQ1_0 / TQ2_0.
     """
     weights = np.asarray(source.read_for_gguf(entry.hf_name), dtype=np.float32)
-    rows = weights.reshape(-1, entry.shape[-1])
+    row_len = int(entry.shape[-1]) if len(entry.shape) else 0
+    if row_len <= 0 or weights.size % row_len:  # a stale or edited plan: reshape would fail obscurely
+        raise ShapeMismatchError(
+            f"tensor {entry.hf_name} ({entry.gguf_name}): its {weights.size} values do not form rows of "
+            f"{row_len} (the plan's shape {tuple(entry.shape)})",
+            hint="the plan was built for another checkpoint: build the plan again from this model",
+        )
+    rows = weights.reshape(-1, row_len)
     if entry.type == "F32":  # stored as is: the codecs' NaN/Inf check does not run
         if not np.isfinite(rows).all():
             raise non_finite_error(source, entry.hf_name)

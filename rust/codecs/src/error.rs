@@ -21,6 +21,9 @@ pub enum CodecError {
     /// A finite weight beyond what a float storage type holds (F16 above
     /// ±65504, BF16 within half an ulp of f32::MAX): it would be stored as ±inf.
     OutOfRange { type_name: &'static str, row: usize, col: usize, value: f32, max: f32 },
+    /// A size computed from the caller's shape (element count, byte count)
+    /// exceeds `isize::MAX`, the most any array can hold: the shape is not real.
+    SizeOverflow { what: String },
 }
 
 impl fmt::Display for CodecError {
@@ -49,6 +52,11 @@ impl fmt::Display for CodecError {
             CodecError::OutOfRange { type_name, row, col, value, max } => write!(
                 f,
                 "weight {value:e} at row {row}, column {col} is outside the {type_name} range (±{max:e}); it would be stored as infinity"
+            ),
+            CodecError::SizeOverflow { what } => write!(
+                f,
+                "{what} exceeds {}, the largest size an array can have",
+                isize::MAX
             ),
         }
     }

@@ -28,6 +28,8 @@ mod qsearch;
 mod codec_tests;
 #[cfg(test)]
 mod fuzz_regressions;
+#[cfg(test)]
+mod size_tests;
 mod ternary;
 
 pub use error::CodecError;
@@ -127,11 +129,58 @@ fn check_range(t: BlockType, data: &[f32], row_len: usize) -> Result<(), CodecEr
     }
 }
 
+/// `a * b`, refused as [`CodecError::SizeOverflow`] past `isize::MAX`: no slice,
+/// `Vec` or numpy array can be larger, so such a size comes from a shape that is not real.
+fn size_mul(a: usize, b: usize, what: impl FnOnce() -> String) -> Result<usize, CodecError> {
+    match a.checked_mul(b) {
+        Some(n) if n <= isize::MAX as usize => Ok(n),
+        _ => Err(CodecError::SizeOverflow { what: what() }),
+    }
+}
+
+/// Elements of an array of `shape` (1 for `[]`) whose items are `item_bytes` wide.
+/// Refused when the product of its non-zero dims times `item_bytes` exceeds
+/// `isize::MAX`: numpy refuses such a shape even when a zero dim makes it empty,
+/// and a wrapped product would pass for a small one.
+pub fn element_count(shape: &[usize], item_bytes: usize) -> Result<usize, CodecError> {
+    let item = item_bytes.max(1);
+    let nonzero_bytes = shape.iter().try_fold(item, |n, &d| {
+        size_mul(n, d.max(1), || format!("the byte size of an array of shape {shape:?} ({item}-byte items)"))
+    })?;
+    Ok(if shape.contains(&0) { 0 } else { nonzero_bytes / item })
+}
+
 /// Bytes needed for one row of `row_len` weights of type `t`.
 pub fn row_bytes(t: BlockType, row_len: usize) -> Result<usize, CodecError> {
     check_row_len(t, row_len)?;
+    if row_len > isize::MAX as usize {
+        return Err(CodecError::SizeOverflow { what: format!("a row of {row_len} weights") });
+    }
     let l = t.layout();
-    Ok(row_len / l.block_weights * l.block_bytes)
+    size_mul(row_len / l.block_weights, l.block_bytes, || {
+        format!("the byte size of a row of {row_len} {} weights", t.name())
+    })
+}
+
+/// Bytes of `n_rows` rows of `row_len` weights of type `t`.
+pub fn tensor_bytes(t: BlockType, n_rows: usize, row_len: usize) -> Result<usize, CodecError> {
+    let rb = row_bytes(t, row_len)?;
+    size_mul(n_rows, rb, || format!("the byte size of {n_rows} rows of {rb} bytes ({} x {row_len})", t.name()))
+}
+
+/// Floats that `n_bytes` of type `t` decode to as a tensor of `shape` (its last
+/// dim is the row length), checked before anything is allocated: the row fits
+/// `t`'s blocks, every size fits in memory and the byte count matches. A shape
+/// whose product wraps (`[2^62, 4, 32]` is 0 mod 2^64) is refused, not decoded as empty.
+pub fn decoded_len(t: BlockType, n_bytes: usize, shape: &[usize]) -> Result<usize, CodecError> {
+    let row_len = shape.last().copied().unwrap_or(0);
+    row_bytes(t, row_len)?;
+    let n = element_count(shape, std::mem::size_of::<f32>())?;
+    let expected = tensor_bytes(t, n / row_len, row_len)?;
+    if n_bytes != expected {
+        return Err(CodecError::ByteLength { expected, got: n_bytes });
+    }
+    Ok(n)
 }
 
 /// Encode `data` (`n_rows * row_len` floats, row-major) into `out`
@@ -153,8 +202,9 @@ pub fn quantize_rows(
         return Err(CodecError::ShapeMismatch { len: data.len(), row_len });
     }
     let n_rows = data.len() / row_len;
-    if out.len() != n_rows * rb {
-        return Err(CodecError::ByteLength { expected: n_rows * rb, got: out.len() });
+    let expected = tensor_bytes(t, n_rows, row_len)?;
+    if out.len() != expected {
+        return Err(CodecError::ByteLength { expected, got: out.len() });
     }
     check_importance(importance, row_len)?;
     if let Some((row, col, value)) = find_non_finite(data, row_len) {
@@ -180,8 +230,9 @@ pub fn dequantize_rows(t: BlockType, bytes: &[u8], row_len: usize, out: &mut [f3
         return Err(CodecError::ShapeMismatch { len: out.len(), row_len });
     }
     let n_rows = out.len() / row_len;
-    if bytes.len() != n_rows * rb {
-        return Err(CodecError::ByteLength { expected: n_rows * rb, got: bytes.len() });
+    let expected = tensor_bytes(t, n_rows, row_len)?;
+    if bytes.len() != expected {
+        return Err(CodecError::ByteLength { expected, got: bytes.len() });
     }
     let (_, decode) = codec(t);
     out.par_chunks_mut(row_len)
