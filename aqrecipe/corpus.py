@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from aqrecipe.errors import CalibrationDataError
+from aqrecipe.errors import CalibrationDataError, DependencyError
+from aqrecipe.optional import available, require
 
 __all__ = [
     "Article",
@@ -50,6 +51,7 @@ EVAL_PERCENT = 20  # share of articles (by title hash) held out for evaluation
 MIN_ARTICLE_CHARS = 500  # shorter pages (stubs, lists, disambiguations) are dropped
 MIN_PARAGRAPH_CHARS = 40
 MIN_TEXT_CHARS = 256  # user text shorter than this is refused
+_BUILTIN = "the built-in Wikipedia text (calibration and evaluation default; or pass your own text file)"
 
 # Sections after which a Wikipedia article holds no prose worth keeping.
 _TRAILING_SECTIONS = {
@@ -78,6 +80,13 @@ class Article:
 # --- the built-in corpus -------------------------------------------------------------------
 
 
+class BuiltinCorpusDependencyError(DependencyError, CalibrationDataError):
+    """gensim (which ships the Wikipedia sample) is missing: a missing dependency (AQ900) that
+    callers expecting "no calibration text" (CalibrationDataError) still catch."""
+
+    code = DependencyError.code
+
+
 def cache_dir() -> Path:
     """The cache folder: ``$AQRECIPE_CACHE`` or ``~/.cache/aqrecipe``."""
     env = os.environ.get("AQRECIPE_CACHE")
@@ -85,7 +94,13 @@ def cache_dir() -> Path:
 
 
 def _wiki_sample_path() -> Path:
-    """Locate gensim's Wikipedia sample without importing gensim itself."""
+    """Locate gensim's Wikipedia sample without importing gensim itself (a cached corpus
+    still checks the file's size); without gensim, a DependencyError."""
+    if not available("gensim"):
+        try:
+            require("gensim", _BUILTIN)
+        except DependencyError as exc:
+            raise BuiltinCorpusDependencyError(exc.message, hint=exc.hint) from None
     spec = importlib.util.find_spec("gensim")
     locations = list(spec.submodule_search_locations or []) if spec else []
     for loc in locations:
@@ -120,7 +135,7 @@ def clean_wikitext(raw: str) -> str:
     when prose follows them), and the article ends at the first trailing
     section such as "References" or "External links".
     """
-    from gensim.corpora.wikicorpus import filter_wiki  # heavy import: only on a cache miss
+    filter_wiki = require("gensim.corpora.wikicorpus", _BUILTIN).filter_wiki  # heavy: only on a cache miss
 
     blocks: list[tuple[bool, str]] = []  # (is_heading, text)
     for line in filter_wiki(raw).splitlines():

@@ -64,8 +64,10 @@ def current_rss() -> int:
 def calibration_baseline() -> int:
     """Resident bytes the calibration pass starts from: this process with its libraries loaded, plus
     :data:`CALIBRATION_RESERVE`. Imports torch and transformers (the pass needs them anyway)."""
-    import torch  # noqa: F401
-    import transformers  # noqa: F401
+    from .calibration.runner import CALIBRATION
+    from .optional import require_torch
+
+    require_torch(CALIBRATION)  # loaded, so that their memory is counted
 
     try:
         from .calibration import _kernels  # noqa: F401  (numba and its compiler)

@@ -162,8 +162,9 @@ def calibration_windows(spec: CalibrationSpec, tokenizer: Any) -> np.ndarray:
 
 def load_tokenizer(model_path: str) -> Any:
     """The model's Hugging Face tokenizer (quiet about long inputs)."""
-    import transformers
+    from aqrecipe.optional import require
 
+    transformers = require("transformers", "tokenizing calibration text with the model's tokenizer")
     tok = transformers.AutoTokenizer.from_pretrained(str(model_path))
     tok.model_max_length = 1 << 40  # we cut windows ourselves; silence the length warning
     return tok

@@ -35,8 +35,13 @@ from aqrecipe.calibration.hooks import LayerHooks
 from aqrecipe.calibration.observers import DownProjRanges, InputStatsObserver, LinearObserver
 from aqrecipe.calibration.stats import Backend, ChannelStats
 from aqrecipe.errors import AqrecipeError, ImatrixError, ResumeError, UnsupportedArchitectureError
+from aqrecipe.optional import require_or_skip, require_torch
 
 log = logging.getLogger(__name__)
+
+#: What needs torch and transformers here (the DependencyError's message); the helpers below
+#: import them plainly because they run only after run_calibration or calibrate checked.
+CALIBRATION = "the calibration forward pass (imatrix, SmoothQuant, super-weight detection)"
 
 # Test hooks: SIGKILL ourselves after stage k is committed / in the middle of stage k.
 KILL_AFTER_ENV = "AQRECIPE_TEST_KILL_AFTER_STAGE"
@@ -157,7 +162,7 @@ def run_calibration(
     the run resumable; without it nothing is written except a spilled cache in
     a temporary folder.
     """
-    import torch
+    torch, _ = require_torch(CALIBRATION)
 
     windows = np.asarray(windows, dtype=np.int64)
     if windows.ndim != 2 or windows.size == 0:
@@ -264,11 +269,10 @@ def run_calibration(
 def _progress(total: int, n_stages: int, initial: int, quiet: bool):
     if quiet:
         return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
+    tqdm = require_or_skip("tqdm.auto", "the calibration progress bar")
+    if tqdm is None:
         return None
-    return tqdm(total=n_stages, initial=initial, desc="calibrating", unit="layer", leave=False)
+    return tqdm.tqdm(total=n_stages, initial=initial, desc="calibrating", unit="layer", leave=False)
 
 
 def _embed(base, source, windows, out: np.ndarray, batches, device) -> None:

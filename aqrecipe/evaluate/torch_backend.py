@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from aqrecipe.errors import DependencyError, EvalError
+from aqrecipe.errors import EvalError
+from aqrecipe.optional import require_torch
 
 __all__ = ["TorchBackend"]
 
@@ -27,14 +28,8 @@ class TorchBackend:
         dtype: Any = "float32",
         n_threads: int | None = None,
     ) -> None:
-        try:
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-        except ImportError as exc:
-            raise DependencyError(
-                "evaluating a Hugging Face folder needs torch and transformers",
-                hint="pip install 'aqrecipe[torch]'",
-            ) from exc
+        torch, transformers = require_torch("evaluating a Hugging Face folder")
+        AutoModelForCausalLM, AutoTokenizer = transformers.AutoModelForCausalLM, transformers.AutoTokenizer
         self.path = Path(hf_folder)
         self.name = str(self.path)
         if n_threads:
@@ -64,7 +59,7 @@ class TorchBackend:
         return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def logits(self, tokens: Sequence[int]) -> np.ndarray:
-        import torch
+        import torch  # loaded by __init__
 
         ids = torch.tensor([list(tokens)], dtype=torch.long)
         with torch.inference_mode():

@@ -11,9 +11,10 @@ from typing import Any, Sequence
 from aqrecipe.calibration.checkpoint import WorkDir, sha256_json
 from aqrecipe.calibration.data import CalibrationSpec, calibration_windows, load_tokenizer
 from aqrecipe.calibration.observers import LinearObserver
-from aqrecipe.calibration.runner import CalibrationResult, RunnerOptions, run_calibration
+from aqrecipe.calibration.runner import CALIBRATION, CalibrationResult, RunnerOptions, run_calibration
 from aqrecipe.errors import CalibrationDataError
 from aqrecipe.imatrix.data import ImatrixData
+from aqrecipe.optional import require_torch
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +22,8 @@ log = logging.getLogger(__name__)
 def tool_version() -> str:
     """aqrecipe + the libraries whose arithmetic shapes the statistics' bits."""
     import numpy
-    import torch
-    import transformers
+
+    torch, transformers = require_torch(CALIBRATION)
 
     from aqrecipe import __version__
 
@@ -51,6 +52,7 @@ def calibrate(model_ref: Any, spec: CalibrationSpec = CalibrationSpec(),
     """Run the calibration pass (resumable when ``work_dir`` is given)."""
     from aqrecipe.models import ModelSource, open_model
 
+    require_torch(CALIBRATION)  # before the tokenizer and the corpus: the pass cannot run without them
     source = model_ref if isinstance(model_ref, ModelSource) else open_model(model_ref, base_dir)
     if source.tokenizer_dir is None:
         raise CalibrationDataError(

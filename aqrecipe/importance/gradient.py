@@ -14,6 +14,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from aqrecipe.optional import require_torch
+
+GRADIENT = "gradient super-weight detection"
+
 
 @dataclass
 class GradientResult:
@@ -36,8 +40,7 @@ def gradient_saliency(source: Any, windows: np.ndarray,
 
     ``lookups``: (llama.cpp name, row, col) whose saliency to report.
     """
-    import torch
-
+    torch, _ = require_torch(GRADIENT)
     model = load_torch_model(source)
     ids = torch.from_numpy(np.asarray(windows, dtype=np.int64))
     model.zero_grad(set_to_none=True)
@@ -69,8 +72,7 @@ def gradient_saliency(source: Any, windows: np.ndarray,
 
 def load_torch_model(source: Any):
     """The full HF model in float32 on CPU, weights read through ``source`` (so edits apply)."""
-    import torch
-    import transformers
+    torch, transformers = require_torch(GRADIENT)
 
     config = transformers.AutoConfig.from_pretrained(str(source.path))
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)

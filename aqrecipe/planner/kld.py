@@ -21,9 +21,9 @@ class KldProbe:
     """A float32 transformers model with swappable weights and the reference log-probs."""
 
     def __init__(self, source: Any, windows: np.ndarray, *, n_threads: int | None = None) -> None:
-        import torch
-        import transformers
+        from ..optional import require_torch
 
+        torch, transformers = require_torch("the planner's KL-divergence measurement")
         if n_threads:
             torch.set_num_threads(n_threads)
         self._torch = torch

@@ -96,18 +96,26 @@ class PlannerReport:
         return "\n".join(out) + "\n"
 
     def save(self, stem: Path) -> list[Path]:
-        """Write ``stem.md``, ``stem.json`` and ``stem.png`` (all atomic); returns the paths."""
+        """Write ``stem.md``, ``stem.json`` and ``stem.png`` (all atomic); returns the paths.
+
+        Without matplotlib the PNG is skipped with a warning (the report's numbers are in the
+        other two); :meth:`save_png` alone raises instead."""
+        from ..optional import require_or_skip
+
         stem = Path(stem)
         md, js, png = stem.with_suffix(".md"), stem.with_suffix(".json"), stem.with_suffix(".png")
         atomic_write_text(md, self.to_markdown())
         atomic_write_text(js, self.to_json())
+        if require_or_skip("matplotlib", f"the planner report's chart {png.name}") is None:
+            return [md, js]
         self.save_png(png)
         return [md, js, png]
 
     def save_png(self, path: Path) -> None:
         """Stacked bars of bytes per layer, one colour per type, with the layer bpw on top."""
-        import matplotlib
+        from ..optional import require
 
+        matplotlib = require("matplotlib", "the planner report's chart")
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 

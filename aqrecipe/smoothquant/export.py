@@ -6,13 +6,18 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from aqrecipe.fileio import atomic_folder
+from aqrecipe.optional import require
 from aqrecipe.safetensors_out import check_folder_output, copy_tokenizer
 from aqrecipe.smoothquant.fakequant import quantize_weight_int8
+
+COMPRESSED_TENSORS = "writing a compressed-tensors W8A8 checkpoint"
 
 
 def quantization_config(input_scales: Mapping[str, float] | None) -> Any:
     """The compressed-tensors config: int8 per-channel weights, int8 per-token or per-tensor inputs."""
-    from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
+    ct = require("compressed_tensors.quantization", COMPRESSED_TENSORS)
+    QuantizationArgs, QuantizationConfig, QuantizationScheme = (
+        ct.QuantizationArgs, ct.QuantizationConfig, ct.QuantizationScheme)
 
     weights = QuantizationArgs(num_bits=8, type="int", symmetric=True, strategy="channel", dynamic=False)
     if input_scales is None:
@@ -33,11 +38,12 @@ def write_compressed_tensors(model: Any, source: Any, dest: Path,
     ``quantization_config``. ``input_scales`` (module name -> scale) selects static
     per-tensor activations (``<m>.input_scale``); None selects dynamic per-token.
     """
-    import torch
-    from compressed_tensors.compressors import ModelCompressor
-    from compressed_tensors.quantization import apply_quantization_config
+    import torch  # the model is a torch module: torch is there
 
-    apply_quantization_config(model, quantization_config(input_scales))
+    compressors = require("compressed_tensors.compressors", COMPRESSED_TENSORS)
+    quantization = require("compressed_tensors.quantization", COMPRESSED_TENSORS)
+
+    quantization.apply_quantization_config(model, quantization_config(input_scales))
     with torch.no_grad():
         for name, module in model.named_modules():
             if getattr(module, "quantization_scheme", None) is None:
@@ -46,7 +52,7 @@ def write_compressed_tensors(model: Any, source: Any, dest: Path,
             module.weight_scale.copy_(scale.to(module.weight_scale.dtype))
             if input_scales is not None:
                 module.input_scale.fill_(float(input_scales[name]))
-    compressor = ModelCompressor.from_pretrained_model(model, quantization_format="int-quantized")
+    compressor = compressors.ModelCompressor.from_pretrained_model(model, quantization_format="int-quantized")
     compressor.compress_model(model)
     check_folder_output(Path(dest))
     with atomic_folder(dest) as tmp:

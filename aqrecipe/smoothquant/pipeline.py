@@ -119,6 +119,18 @@ def simulated_w8a8(model: Any, input_scales: Mapping[str, float] | None) -> Any:
     return quantize_model_(copy.deepcopy(model), input_scales)
 
 
+def _require_extras(cfg: SmoothQuantConfig, output: Any) -> None:
+    """Fail before calibrating when a package the run needs is missing (the modules under
+    :mod:`aqrecipe.smoothquant` import torch and compressed-tensors plainly: they run after this)."""
+    from aqrecipe.optional import require, require_torch
+    from aqrecipe.smoothquant.export import COMPRESSED_TENSORS
+
+    require_torch("SmoothQuant W8A8")
+    dest = output if output is not None else cfg.output_path
+    if dest is not None and cfg.output == "compressed-tensors":
+        require("compressed_tensors", COMPRESSED_TENSORS)
+
+
 def run_smoothquant(recipe_section: SmoothQuantConfig | Mapping[str, Any] | None, model_ref: Any,
                     calibration_spec: Any, work_dir: str | os.PathLike[str], output: str | os.PathLike[str] | None = None,
                     *, evaluate: bool = True, eval_chunks: int = 16, eval_context: int = 512,
@@ -137,6 +149,7 @@ def run_smoothquant(recipe_section: SmoothQuantConfig | Mapping[str, Any] | None
     from aqrecipe.smoothquant.torch_model import load_float_model, max_relative_logit_diff, mean_nll, window_logits
 
     cfg = recipe_section if isinstance(recipe_section, SmoothQuantConfig) else SmoothQuantConfig.from_dict(recipe_section)
+    _require_extras(cfg, output)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
