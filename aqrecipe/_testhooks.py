@@ -4,15 +4,18 @@ The crash-safety and lock tests set these environment variables on a child
 ``aqrecipe`` process; nobody else should. With neither set, :func:`reached`
 costs one environment lookup.
 
-``AQRECIPE_TEST_KILL_AT=<phase>:<n>``
-    SIGKILL at the ``n``-th (0-based) call of ``reached(phase)``.
+``AQRECIPE_TEST_KILL_AT=<phase>:<n>[:<SIGNAL>]``
+    SIGKILL (or the named signal, e.g. ``SIGSEGV``, ``SIGABRT``) at the ``n``-th
+    (0-based) call of ``reached(phase)``.
 ``AQRECIPE_TEST_PAUSE_AT=<phase>:<n>`` with ``AQRECIPE_TEST_PAUSE_FILE=<path>``
     at that call, create ``<path>`` (holding the pid) and wait until it is removed.
 
 Phases: ``measure`` (a planner measurement stage file was written), ``pack``
 (before packing each tensor, the GGUF partly written), ``publish`` (the output is
 complete in the work folder, not yet moved to its destination), ``done`` (the
-output is in place; evaluation and the report are next). Calibration layers use
+output is in place; evaluation and the report are next); in the llama.cpp worker
+process, ``llamacpp-load``, ``llamacpp-logits`` and ``llamacpp-generate`` (a
+consumer crash). Calibration layers use
 the runner's own ``AQRECIPE_TEST_KILL_AFTER_STAGE`` / ``..._DURING_STAGE``.
 """
 
@@ -38,8 +41,9 @@ def reached(phase: str) -> None:
     n = _counts.get(phase, 0)
     _counts[phase] = n + 1
     here = f"{phase}:{n}"
-    if kill == here:
-        os.kill(os.getpid(), signal.SIGKILL)
+    if kill is not None and (kill == here or kill.startswith(here + ":")):
+        name = kill[len(here) + 1 :] or "SIGKILL"
+        os.kill(os.getpid(), signal.Signals[name])
     if pause == here:
         _pause(os.environ[PAUSE_FILE_ENV])
 

@@ -12,15 +12,17 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from ._testhooks import reached
-from .errors import PlanError
+from .errors import AqrecipeError, PlanError
 from .fileio import atomic_write_text
+from .optional import EXTRAS, require_or_skip
 from .plan import Plan, PlanSpec, Rule, compile_plan, load_plan
 from .recipe import Recipe, load_recipe
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -200,14 +202,17 @@ def _apply_locked(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyO
 
     quality = None
     eval_spec = recipe.evaluation if recipe is not None else None
+    extra: dict[str, Any] = {"imatrix": imatrix is not None, **outcome.report}
+    failures: list[dict[str, Any]] = []
     if options.evaluates(recipe):
         t1 = time.perf_counter()
-        quality = evaluate_output(plan, dest, eval_spec, recipe)
+        quality = check_output("evaluation", failures, evaluate_output, plan, dest, eval_spec, recipe)
         seconds["evaluate"] = time.perf_counter() - t1
-    extra: dict[str, Any] = {"imatrix": imatrix is not None, **outcome.report}
-    coherence = run_coherence(plan, recipe, dest)
+    coherence = check_output("coherence check", failures, run_coherence, plan, recipe, dest)
     if coherence is not None:
         extra["coherence"] = coherence
+    if failures:
+        extra["evaluation_failed"] = failures
     return ApplyResult(
         output=dest, plan=plan, output_bytes=dest.stat().st_size, seconds=seconds, quality=quality, extra=extra
     )
@@ -245,8 +250,28 @@ def run_smoothquant_apply(plan: Plan, recipe: Recipe, dest: Path, options: Apply
                        quality=data.get("quality"), extra={"smoothquant": data})
 
 
+def check_output(stage: str, failures: list[dict[str, Any]], check: Callable[..., T], *args: Any) -> T | None:
+    """Run ``check(*args)`` on the written output; its error is recorded in ``failures``, not raised.
+
+    The output is complete and in place by now, so a failed evaluation (a llama.cpp
+    crash included) must not lose it: the run goes on to write its report, the
+    summary says what failed, and the CLI's exit code says so.
+    """
+    try:
+        return check(*args)
+    except AqrecipeError as exc:
+        log.error("%s failed: %s", stage, exc.message)
+        failures.append({"stage": stage, "code": exc.code, "error": type(exc).__name__, "message": exc.message,
+                         "hint": exc.hint, "exit_code": exc.exit_code})
+        return None
+
+
 def run_coherence(plan: Plan, recipe: Recipe | None, dest: Path) -> dict[str, Any] | None:
-    """Collapse detection (on by default for ultra-low-bit plans); warns with a suggested recipe."""
+    """Collapse detection (on by default for ultra-low-bit plans); warns with a suggested recipe.
+
+    The automatic check is skipped with a warning when llama-cpp-python is missing;
+    one the recipe asks for (``coherence.enabled: true``) needs it.
+    """
     from .coherence import CoherenceSpec, check_coherence, is_ultra_low
     from .reference import reference_gguf
 
@@ -254,6 +279,10 @@ def run_coherence(plan: Plan, recipe: Recipe | None, dest: Path) -> dict[str, An
     enabled = spec.enabled if spec.enabled is not None else is_ultra_low(plan)
     if not enabled:
         return None
+    if spec.enabled is None:  # automatic: skipped, with a warning, where an extra is missing
+        for module in ("llama_cpp", "gensim"):
+            if require_or_skip(module, "the automatic coherence check of this ultra-low-bit file") is None:
+                return {"skipped": f"{EXTRAS[module][0]} is not installed", "passed": None, "strict": spec.strict}
     verdict = check_coherence(dest, reference_gguf(plan.model_path), spec)
     data = {**verdict.to_dict(), "strict": spec.strict}
     if not verdict.passed:

@@ -105,9 +105,21 @@ def _apply_options(args: argparse.Namespace) -> Any:
 
 
 def _exit_code(result: Any) -> int:
-    """1 when a strict coherence check failed (for CI), else 0."""
+    """The exit code of a finished apply: the worst failed check of its output, else 0.
+
+    A failed evaluation (say llama.cpp crashed) is printed as the error it was and
+    gives its code; a strict coherence check that found a collapse gives 1 (for CI).
+    """
+    codes = [EXIT_OK]
+    for failure in result.extra.get("evaluation_failed", ()):
+        print(f"error[{failure['code']}]: {failure['stage']} failed: {failure['message']}", file=sys.stderr)
+        if failure.get("hint"):
+            print(f"  hint: {failure['hint']}", file=sys.stderr)
+        codes.append(failure["exit_code"])
     coherence = result.extra.get("coherence")
-    return EXIT_FAILURE if coherence and coherence["strict"] and not coherence["passed"] else EXIT_OK
+    if coherence and coherence.get("strict") and coherence.get("passed") is False:
+        codes.append(EXIT_FAILURE)
+    return max(codes)
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -327,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except AqrecipeError as exc:
         _print_error(exc, getattr(args, "json", False))
-        return EXIT_USER_ERROR
+        return exc.exit_code
     except BrokenPipeError:  # `aqrecipe ... | head` closed the pipe: stop quietly, like other CLI tools
         _silence_stdout()
         return 141

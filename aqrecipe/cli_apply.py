@@ -86,6 +86,8 @@ def summary_text(result: Any) -> str:
         from .evaluate import QualityReport
 
         lines.append(format_report_table(QualityReport.from_dict(result.quality)))
+    for failure in result.extra.get("evaluation_failed", ()):
+        lines.append(f"{failure['stage']} FAILED: {failure['message'].splitlines()[0]} (the output above is kept)")
     rss = result.extra.get("peak_rss_bytes")
     times = ", ".join(f"{k} {v:.1f} s" for k, v in result.seconds.items())
     if rss:

@@ -24,6 +24,8 @@ PROMPTS: tuple[str, ...] = (
     "A good way to learn a new programming language is",
 )
 
+GENERATION_CONTEXT = 256  # tokens: a prompt plus ``new_tokens`` greedy ones
+
 #: Types at or under ~2.6 bits per weight: a plan using any of them is validated by default.
 ULTRA_LOW_TYPES = frozenset({"Q2_K", "IQ2_XXS", "IQ1_S", "IQ1_M", "TQ1_0", "TQ2_0"})
 
@@ -80,44 +82,23 @@ def repetition_loop(tokens: list[int], max_period: int = 8, min_repeats: int = 3
     return n >= 16 and len(set(tokens)) < n / 4
 
 
-def _generate(llm: Any, prompt: str, n: int) -> tuple[list[int], bool]:
-    """Greedy tokens after ``prompt`` and whether any step's logits were non-finite."""
-    llm.reset()
-    tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
-    llm.eval(tokens)
-    out: list[int] = []
-    non_finite = False
-    for _ in range(n):
-        logits = np.asarray(llm.scores[llm.n_tokens - 1], dtype=np.float32)
-        if not np.all(np.isfinite(logits)):
-            non_finite = True
-            break
-        nxt = int(np.argmax(logits))
-        if nxt == llm.token_eos():
-            break
-        out.append(nxt)
-        llm.eval([nxt])
-    return out, non_finite
-
-
 def check_coherence(model: Path, reference: Path, spec: CoherenceSpec = CoherenceSpec()) -> CoherenceResult:
     """Run the quality numbers and the generation checks of ``model`` against ``reference``."""
-    import llama_cpp
-
     from .evaluate import evaluate
+    from .evaluate.llamacpp import LlamaCppBackend
 
     report = evaluate(model, reference=reference, chunks=spec.chunks, context=spec.context)
     ppl_ratio = report.perplexity_quantized / report.perplexity_original
-    llm = llama_cpp.Llama(model_path=str(model), n_ctx=256, logits_all=True, verbose=False, seed=0)
+    generations, loops, non_finite = {}, 0, not math.isfinite(report.perplexity_quantized)
+    backend = LlamaCppBackend(model, n_ctx=GENERATION_CONTEXT)
     try:
-        generations, loops, non_finite = {}, 0, not math.isfinite(report.perplexity_quantized)
         for prompt in PROMPTS:
-            tokens, bad = _generate(llm, prompt, spec.new_tokens)
-            non_finite |= bad
-            loops += repetition_loop(tokens)
-            generations[prompt] = llm.detokenize(tokens).decode("utf-8", errors="replace")
+            out = backend.generate(prompt, spec.new_tokens)
+            non_finite |= out["non_finite"]
+            loops += repetition_loop(out["tokens"])
+            generations[prompt] = out["text"]
     finally:
-        llm.close()
+        backend.close()
     loop_share = loops / len(PROMPTS)
     failures = []
     if non_finite:

@@ -18,6 +18,7 @@ class AqrecipeError(Exception):
     """Base class. ``code`` is stable and documented in docs/errors.md."""
 
     code = "AQ000"
+    exit_code = EXIT_USER_ERROR  # what the CLI exits with when this error ends a command
 
     def __init__(self, message: str, *, hint: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -112,6 +113,17 @@ class EvalError(AqrecipeError):
     """Evaluation could not run (missing backend, model does not load)."""
 
     code = "AQ800"
+
+
+class ConsumerCrashError(EvalError):
+    """llama.cpp (or another library we call in a child process) died: a signal or an abort.
+
+    Not the user's mistake, so the CLI exits with :data:`EXIT_FAILURE`; what the run
+    wrote before stays in place.
+    """
+
+    code = "AQ810"
+    exit_code = EXIT_FAILURE
 
 
 class DependencyError(AqrecipeError):

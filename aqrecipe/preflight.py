@@ -93,6 +93,7 @@ def check_inputs(recipe: Recipe | None, options: Any) -> None:
     """
     from . import corpus
 
+    check_extras(recipe, options)
     for f in used_inputs(recipe, options):
         if f.kind == "imatrix":
             _check_imatrix_file(f)
@@ -100,6 +101,27 @@ def check_inputs(recipe: Recipe | None, options: Any) -> None:
             corpus.load_jsonl(f.path, f.field)
         else:
             corpus.load_text_file(f.path)
+
+
+def check_extras(recipe: Recipe | None, options: Any) -> None:
+    """DependencyError now, not after packing, when a check the user asked for needs a missing extra.
+
+    Evaluating a GGUF (``--eval``, ``evaluation.enabled``) and an explicit coherence
+    check run in llama.cpp, on the built-in text unless a text file is given. The
+    automatic coherence check of ultra-low-bit files is skipped instead (apply).
+    """
+    from .optional import require
+    from .safetensors_out import wants_folder
+
+    if recipe is not None and (recipe.stage("smoothquant") is not None or wants_folder(recipe, options)):
+        return  # W8A8 and folder outputs evaluate in torch
+    coherence = recipe.stage("coherence") if recipe is not None else None
+    explicit_coherence = bool(coherence and coherence.get("enabled"))
+    if options.evaluates(recipe) or explicit_coherence:
+        what = "evaluating the output GGUF (--eval / evaluation.enabled / coherence.enabled)"
+        require("llama_cpp", what)
+        if explicit_coherence or recipe is None or not recipe.evaluation.text:
+            require("gensim", f"{what} on the built-in text")
 
 
 def _check_imatrix_file(f: InputFile) -> None:

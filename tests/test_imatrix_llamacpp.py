@@ -202,15 +202,14 @@ def _quantize_with(tools: dict[str, Path], imatrix: Path, model: Path, dest: Pat
 
 
 def _loads_and_runs(path: Path) -> None:
-    import llama_cpp
+    from aqrecipe.evaluate.llamacpp import LlamaCppBackend
 
-    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, verbose=False, seed=0)
+    backend = LlamaCppBackend(path, n_ctx=64)
     try:
-        tokens = llm.tokenize(b"The quick brown fox jumps over the lazy dog.")
-        llm.eval(tokens)
-        assert np.isfinite(np.asarray(llm.scores[: len(tokens)])).all()
+        tokens = backend.tokenize("The quick brown fox jumps over the lazy dog.")
+        assert np.isfinite(backend.logits(tokens)).all()
     finally:
-        llm.close()
+        backend.close()
 
 
 @pytest.mark.slow

