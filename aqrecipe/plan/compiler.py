@@ -14,7 +14,7 @@ from ..blocktypes import NEEDS_IMATRIX, fallback_for, file_type_for, layout
 from ..errors import PlanError
 from .mixtures import TensorContext, get_mixture, mixture_type
 from .model import Plan, PlanEntry
-from .rules import Rule, RuleSet
+from .rules import Rule, RuleSet, output_aliases, rule_reason
 
 if TYPE_CHECKING:
     from ..models import ModelSource
@@ -84,9 +84,10 @@ def compile_plan(
         if not is_quantizable(info.gguf_name, shape):
             requested, chosen_by = "F32", "not quantized (1-D or norm)"
         else:
-            rule = ruleset.match(info.gguf_name, info.hf_name)
+            aliases = output_aliases(info.gguf_name, has_output=has_output)  # a tied token_embd is the output
+            rule = ruleset.match(info.gguf_name, info.hf_name, aliases=aliases)
             if rule is not None:
-                requested, chosen_by = rule.type, f"{rule.origin} {rule.pattern!r}"
+                requested, chosen_by = rule.type, rule_reason(rule, info.gguf_name, info.hf_name)
             elif mixture is not None:
                 ctx = TensorContext(info.gguf_name, shape[-1], _layer_of(info.gguf_name), arch.n_layers, n_gqa, has_output)
                 requested, chosen_by = mixture_type(mixture, base, ctx)
