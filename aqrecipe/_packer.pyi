@@ -1,4 +1,4 @@
-"""Type stub of the Rust extension ``aqrecipe._packer`` (use :mod:`aqrecipe.codecs`).
+"""Type stub of the Rust extension ``aqrecipe._packer`` (use :mod:`aqrecipe.quant.codecs`).
 
 Every function raises only :mod:`aqrecipe.errors` exceptions (``CodecError`` subclasses),
 wrong arguments included; a Rust panic, which would be a bug, arrives as ``CodecError``

@@ -11,7 +11,9 @@ types under three set-ups:
   aqrecipe chooses where llama.cpp uses AMX.
 
 Prints tokens/s of the quantized model's windows (the reference's are timed
-separately) and the ratios to the in-process baseline. Usage:
+separately) and the ratios to the in-process baseline; each set-up is run in
+``--rounds`` interleaved rounds and the best round kept, so that background load
+on a shared machine affects all three alike. Usage:
 ``python bench/bench_eval_isolation.py [--chunks 8] [--types Q4_0 Q4_K_M Q8_0]``.
 """
 
@@ -25,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from aqrecipe import corpus
-from aqrecipe.cli import main as cli
+from aqrecipe.formats import corpus
+from aqrecipe.cli.commands import main as cli
 from aqrecipe.evaluate import eval_windows
 from aqrecipe.evaluate.llamacpp import LlamaCppBackend
 from aqrecipe.evaluate.llamacpp_worker import system_info
@@ -70,6 +72,7 @@ def time_windows(backend, windows: list[np.ndarray]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--chunks", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--types", nargs="+", default=["Q4_0", "Q4_K_M", "Q8_0"])
     ap.add_argument("--work", type=Path, default=Path("out/bench/eval_isolation"))
     args = ap.parse_args()
@@ -89,15 +92,16 @@ def main() -> None:
     print(f"{args.chunks} windows x {CONTEXT} tokens; tokens/s of the quantized model's forward passes")
     print(f"{'type':8} {'in-process':>11} {'worker repack on':>17} {'worker repack off':>18} {'on/in':>6} {'off/in':>7}")
     for t, path in files.items():
-        speeds = []
-        for make in (lambda: InProcess(path, CONTEXT),
-                     lambda: _worker(path, "on"),
-                     lambda: _worker(path, "off")):
-            backend = make()
-            try:
-                speeds.append(time_windows(backend, windows))
-            finally:
-                backend.close()
+        speeds = [0.0, 0.0, 0.0]
+        for _ in range(args.rounds):  # interleaved rounds, best of each: background load hits all alike
+            for i, make in enumerate((lambda: InProcess(path, CONTEXT),
+                                      lambda: _worker(path, "on"),
+                                      lambda: _worker(path, "off"))):
+                backend = make()
+                try:
+                    speeds[i] = max(speeds[i], time_windows(backend, windows))
+                finally:
+                    backend.close()
         base = speeds[0]
         print(f"{t:8} {speeds[0]:11.1f} {speeds[1]:17.1f} {speeds[2]:18.1f} {speeds[1] / base:6.3f} {speeds[2] / base:7.3f}")
 

@@ -9,9 +9,9 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from aqrecipe.cli import main as aq
+from aqrecipe.cli.commands import main as aq
 from aqrecipe.evaluate import CachedBackend, LlamaCppBackend, evaluate
-from aqrecipe.reference import reference_gguf
+from aqrecipe.evaluate.reference import reference_gguf
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ import numpy as np
 
 os.environ.setdefault("RAYON_NUM_THREADS", "2")
 
-from aqrecipe import codecs  # noqa: E402
+from aqrecipe.quant import codecs  # noqa: E402
 from aqrecipe.imatrix import load_imatrix  # noqa: E402
 from aqrecipe.models import open_model  # noqa: E402
 
@@ -61,9 +61,9 @@ def error_table(imatrix_path: Path) -> None:
 
 
 def quality_table(imatrix_path: Path, chunks: int) -> None:
-    from aqrecipe.cli import main as aq
-    from aqrecipe.coherence import CoherenceSpec, check_coherence
-    from aqrecipe.reference import reference_gguf
+    from aqrecipe.cli.commands import main as aq
+    from aqrecipe.evaluate.coherence import CoherenceSpec, check_coherence
+    from aqrecipe.evaluate.reference import reference_gguf
 
     ref = reference_gguf("demo")
     print(f"\n## File types with the imatrix, in llama.cpp ({chunks} x 512 tokens of the eval split)\n")

@@ -13,8 +13,8 @@ import numpy as np
 
 os.environ.setdefault("RAYON_NUM_THREADS", "2")
 
-from aqrecipe import codecs  # noqa: E402
-from aqrecipe.blocktypes import fits  # noqa: E402
+from aqrecipe.quant import codecs  # noqa: E402
+from aqrecipe.quant.blocktypes import fits  # noqa: E402
 from aqrecipe.models import open_model  # noqa: E402
 
 DEFAULT_TYPES = ["F16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL", "Q4_K", "Q5_K", "Q6_K",

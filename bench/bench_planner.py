@@ -30,13 +30,13 @@ def bench_synthetic() -> None:
 
 
 def bench_demo(work: Path, imatrix_path: Path | None) -> None:
-    from aqrecipe.apply import write_plan_gguf
+    from aqrecipe.output.plan_gguf import write_plan_gguf
     from aqrecipe.evaluate import evaluate
     from aqrecipe.imatrix import compute_imatrix, load_imatrix
     from aqrecipe.models import open_model
     from aqrecipe.plan import PlanSpec, compile_plan
     from aqrecipe.planner import DEFAULT_CANDIDATES, Budget, MeasurementSpec, as_plan_spec, build_report, measure, solve_plan
-    from aqrecipe.reference import reference_gguf
+    from aqrecipe.evaluate.reference import reference_gguf
 
     work.mkdir(parents=True, exist_ok=True)
     source = open_model("demo")

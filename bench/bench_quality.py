@@ -22,9 +22,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from llamacpp_tools import llama_quantize  # noqa: E402
 
-from aqrecipe.cli import main as aq  # noqa: E402
+from aqrecipe.cli.commands import main as aq  # noqa: E402
 from aqrecipe.evaluate import CachedBackend, LlamaCppBackend, evaluate  # noqa: E402
-from aqrecipe.reference import reference_gguf  # noqa: E402
+from aqrecipe.evaluate.reference import reference_gguf  # noqa: E402
 
 DEFAULT_TYPES = ["Q8_0", "Q4_0", "Q4_K_M"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aqrecipe.calibration import CalibrationSpec
 from aqrecipe.evaluate import evaluate
-from aqrecipe.smoothquant import run_smoothquant
+from aqrecipe.apply.smoothquant import run_smoothquant
 
 CALIB = CalibrationSpec(samples=64, seq_len=256, enforce_sample_range=False)
 CHUNKS, CONTEXT = 4, 512
@@ -43,8 +43,8 @@ def prefill_tokens_per_s(path: Path, tokens: list[int], reps: int) -> float:
 
 
 def speed(work: Path, reps: int) -> None:
-    from aqrecipe import corpus
-    from aqrecipe.reference import reference_gguf
+    from aqrecipe.formats import corpus
+    from aqrecipe.evaluate.reference import reference_gguf
 
     q8 = work / "demo-smoothquant-Q8_0.gguf"
     run_smoothquant({"alpha": 0.5, "output": {"type": "gguf-q8_0"}}, "demo", CALIB, work / "sq", q8,

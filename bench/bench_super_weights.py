@@ -29,14 +29,14 @@ import os
 import time
 from pathlib import Path
 
-from aqrecipe.apply import write_plan_gguf
+from aqrecipe.output.plan_gguf import write_plan_gguf
 from aqrecipe.evaluate import CachedBackend, LlamaCppBackend, evaluate
 from aqrecipe.importance import (DetectSpec, ProtectSpec, analyze_importance, load_importance, plot_importance,
                                  protect_plan, save_importance, summarize_importance)
 from aqrecipe.importance.activation import ZeroedSource
 from aqrecipe.models import open_model
 from aqrecipe.plan import PlanSpec, Rule, compile_plan
-from aqrecipe.reference import reference_gguf
+from aqrecipe.evaluate.reference import reference_gguf
 
 ROOT = Path(__file__).resolve().parent.parent
 SIM_VARIANTS = {
@@ -62,8 +62,8 @@ def demo_imatrix(work: Path, samples: int, seq_len: int):
 
 def zeroed_f16(source, super_weights, dest: Path) -> Path:
     """The F16 GGUF of the demo with the given weights set to 0."""
-    from aqrecipe.gguf_out import PlannedTensor, write_gguf
-    from aqrecipe.pack import pack_entry
+    from aqrecipe.output.gguf import PlannedTensor, write_gguf
+    from aqrecipe.output.pack import pack_entry
 
     zsrc = ZeroedSource(source, super_weights)
     plan = compile_plan(source, PlanSpec(mixture="F16"), model_ref=str(source.path))
@@ -170,7 +170,7 @@ def simulated_sc005(args, source, imatrix, imp) -> None:
     import numpy as np
 
     from aqrecipe.evaluate import TorchBackend
-    from aqrecipe.simulate import RESTORE_ENTRY_BYTES, simulated_tensor
+    from aqrecipe.apply.simulate import RESTORE_ENTRY_BYTES, simulated_tensor
 
     import torch
 

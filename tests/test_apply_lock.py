@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from aqrecipe import memory
+from aqrecipe.calibration import memory
 from aqrecipe._testhooks import PAUSE_ENV, PAUSE_FILE_ENV
-from aqrecipe.cli import main
+from aqrecipe.cli.commands import main
 from aqrecipe.errors import MemoryLimitError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from aqrecipe.errors import OutputError
-from aqrecipe.fileio import atomic_folder
+from aqrecipe.formats.fileio import atomic_folder
 
 
 def test_replaces_an_earlier_folder_only_when_complete(tmp_path: Path) -> None:

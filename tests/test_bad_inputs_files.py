@@ -1,6 +1,6 @@
 """Bad-input corpus, part B (issue #8): GGUF files, imatrix files, calibration text, recipes.
 
-Every case runs the real CLI (``aqrecipe.cli.main`` with ``--json``, one case also
+Every case runs the real CLI (``aqrecipe.cli.commands.main`` with ``--json``, one case also
 as a subprocess) on one kind of bad input and checks: exit code 2, the error
 class, the message's key words, no traceback, and that no output appears (the
 destination is absent and no ``*.tmp-*`` file is left in its folder).
@@ -27,7 +27,7 @@ import gguf
 import numpy as np
 import pytest
 
-from aqrecipe import cli
+from aqrecipe.cli import commands as cli
 from aqrecipe.errors import (
     EXIT_USER_ERROR,
     AqrecipeError,
@@ -438,12 +438,12 @@ PREFLIGHT = {  # a recipe section naming a bad input file -> (error, key words)
 @pytest.fixture
 def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
     """Taking the work folder's lock or packing a tensor fails the test."""
-    from aqrecipe import apply, runguard
+    from aqrecipe.apply import run as apply
 
     def started(*args: object, **kwargs: object) -> None:
         raise AssertionError("apply started working before refusing the input file")
 
-    monkeypatch.setattr(runguard, "locked_work_dir", started)
+    monkeypatch.setattr(apply, "locked_work_dir", started)
     monkeypatch.setattr(apply, "write_plan_gguf", started)
 
 
@@ -477,8 +477,8 @@ def test_missing_imatrix_flag_is_refused_before_any_work(command: str, tmp_path:
 
 def test_preflight_checks_only_the_files_the_run_reads(tmp_path: Path) -> None:
     """--no-eval skips the evaluation text, --imatrix replaces the recipe's imatrix and calibration."""
-    from aqrecipe.apply import ApplyOptions
-    from aqrecipe.preflight import used_inputs
+    from aqrecipe.apply.options import ApplyOptions
+    from aqrecipe.apply.preflight import used_inputs
     from aqrecipe.recipe import load_recipe
 
     compute = ("imatrix:\n  type: compute\n  calibration:\n    source: {type: text, path: c.txt}\n"

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aqrecipe import cli
+from aqrecipe.cli import commands as cli
 from aqrecipe.errors import (
     EXIT_USER_ERROR,
     AqrecipeError,
@@ -345,12 +345,12 @@ def out_dir(tmp_path: Path) -> Path:
 @pytest.fixture
 def refused_before_work(monkeypatch: pytest.MonkeyPatch) -> None:
     """Taking the work folder's lock (the first thing apply creates) fails the test."""
-    from aqrecipe import runguard
+    from aqrecipe.apply import run
 
     def started(*args: object, **kwargs: object) -> None:
         raise AssertionError("apply took the work folder's lock before checking the output path")
 
-    monkeypatch.setattr(runguard, "locked_work_dir", started)
+    monkeypatch.setattr(run, "locked_work_dir", started)
 
 
 _OUTPUT_IDS: set[str] = set()
@@ -508,7 +508,7 @@ def test_output_readonly_folder_access_lies(
     refused_before_work: None,
 ) -> None:
     """os.access says yes (as for root on some mounts) but creating a file fails: the probe refuses."""
-    from aqrecipe import fileio
+    from aqrecipe.formats import fileio
 
     monkeypatch.setattr(fileio.os, "access", lambda *args, **kwargs: True)
     dest = out_dir / "model.gguf"
@@ -578,7 +578,7 @@ def test_output_disk_full_tmpfs(
 @pytest.mark.parametrize("staged", [False, True], ids=["direct", "staged"])
 def test_output_write_failure_names_the_cause(tmp_path: Path, code: int, words: str, staged: bool) -> None:
     """The message names the user's path; a file staged in a work folder is named by its destination."""
-    from aqrecipe.fileio import atomic_output, staged_for
+    from aqrecipe.formats.fileio import atomic_output, staged_for
 
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)
     dest = user_path = tmp_path / "out.bin"
@@ -603,7 +603,7 @@ def test_output_write_failure_names_the_cause(tmp_path: Path, code: int, words: 
 
 
 def test_output_probe_leaves_nothing_behind(tmp_path: Path) -> None:
-    from aqrecipe.fileio import check_output_folder
+    from aqrecipe.formats.fileio import check_output_folder
 
     check_output_folder(tmp_path / "model.gguf", probe=True)
     (tmp_path / "hf").mkdir()
@@ -614,7 +614,7 @@ def test_output_probe_leaves_nothing_behind(tmp_path: Path) -> None:
 
 
 def test_os_error_about_another_file_is_not_blamed_on_the_output(tmp_path: Path) -> None:
-    from aqrecipe.fileio import atomic_output
+    from aqrecipe.formats.fileio import atomic_output
 
     with pytest.raises(PermissionError):
         with atomic_output(tmp_path / "out.bin") as fh:

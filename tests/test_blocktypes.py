@@ -6,7 +6,7 @@ import gguf
 import pytest
 
 from aqrecipe import _packer
-from aqrecipe.blocktypes import LAYOUTS, NEEDS_IMATRIX, TYPE_NAMES, fallback_for, fits, layout
+from aqrecipe.quant.blocktypes import LAYOUTS, NEEDS_IMATRIX, TYPE_NAMES, fallback_for, fits, layout
 from aqrecipe.errors import UnknownTypeError
 
 

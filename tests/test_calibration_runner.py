@@ -59,7 +59,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from aqrecipe import corpus
+    from aqrecipe.formats import corpus
 
     p = tmp_path_factory.mktemp("text") / "calib.txt"
     p.write_text(corpus.join_articles(corpus.calibration_articles()[:3])[:30000], encoding="utf-8")

@@ -10,7 +10,7 @@ from pathlib import Path
 import gguf
 import pytest
 
-from aqrecipe.cli import main
+from aqrecipe.cli.commands import main
 from aqrecipe.recipe import parse_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,6 +198,6 @@ def test_inspect_gguf(tiny_llama_dir: Path, tmp_path: Path, capsys: pytest.Captu
 
 
 def test_import_does_not_import_torch() -> None:
-    code = "import sys, aqrecipe, aqrecipe.cli, aqrecipe.plan, aqrecipe.recipe, aqrecipe.codecs; print('torch' in sys.modules)"
+    code = "import sys, aqrecipe, aqrecipe.cli.commands, aqrecipe.plan, aqrecipe.recipe, aqrecipe.quant.codecs; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from aqrecipe import codecs
-from aqrecipe.blocktypes import layout
+from aqrecipe.quant import codecs
+from aqrecipe.quant.blocktypes import layout
 from aqrecipe.errors import (
     ByteLengthError,
     CodecError,
@@ -326,7 +326,7 @@ def test_same_bytes_twice() -> None:
 def test_bytes_do_not_depend_on_thread_count(tmp_path) -> None:
     script = (
         "import sys, numpy as np\n"
-        "from aqrecipe import codecs\n"
+        "from aqrecipe.quant import codecs\n"
         "x = np.random.default_rng(6).standard_normal((48, 512)).astype(np.float32)\n"
         "imp = np.random.default_rng(7).uniform(0, 3, 512).astype(np.float32)\n"
         f"names = {ALL_TYPES!r}\n"
@@ -343,6 +343,6 @@ def test_bytes_do_not_depend_on_thread_count(tmp_path) -> None:
 
 
 def test_import_aqrecipe_does_not_import_torch() -> None:
-    code = "import sys, aqrecipe, aqrecipe.codecs, aqrecipe._packer; print('torch' in sys.modules)"
+    code = "import sys, aqrecipe, aqrecipe.quant.codecs, aqrecipe._packer; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "False"

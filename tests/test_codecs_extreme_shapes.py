@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aqrecipe import _packer, codecs
-from aqrecipe.blocktypes import TYPE_NAMES, layout
+from aqrecipe.quant.blocktypes import TYPE_NAMES, layout
 from aqrecipe.errors import (
     AqrecipeError,
     ByteLengthError,
@@ -215,7 +215,7 @@ def test_row_bytes_is_exact_or_a_named_error(type_name, row_len) -> None:
 
 @pytest.mark.parametrize("shape", [(4, 0), (4, 33), (0,), ()])
 def test_pack_entry_refuses_a_plan_shape_the_weights_do_not_fit(shape) -> None:
-    from aqrecipe.pack import pack_entry
+    from aqrecipe.output.pack import pack_entry
     from aqrecipe.plan import PlanEntry
 
     class OneTensor:

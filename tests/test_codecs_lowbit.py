@@ -10,7 +10,7 @@ from gguf.quants import quantize as gguf_quantize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aqrecipe import codecs
+from aqrecipe.quant import codecs
 
 TYPES = ["Q3_K", "Q2_K", "IQ2_XXS", "IQ1_M", "IQ1_S", "TQ2_0", "TQ1_0"]
 BPW = {"IQ1_S": 1.5625, "IQ1_M": 1.75, "TQ1_0": 1.6875, "TQ2_0": 2.0625,

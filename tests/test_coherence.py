@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from aqrecipe.coherence import CoherenceSpec, is_ultra_low, repetition_loop
+from aqrecipe.evaluate.coherence import CoherenceSpec, is_ultra_low, repetition_loop
 from aqrecipe.plan import PlanSpec, compile_plan
 from test_plan import FakeSource
 
@@ -42,9 +42,9 @@ def test_spec_from_recipe_section() -> None:
 @pytest.mark.llamacpp
 def test_verdicts_on_the_demo(demo_model_dir: Path, tmp_path: Path) -> None:
     pytest.importorskip("llama_cpp")
-    from aqrecipe.cli import main
-    from aqrecipe.coherence import check_coherence
-    from aqrecipe.reference import reference_gguf
+    from aqrecipe.cli.commands import main
+    from aqrecipe.evaluate.coherence import check_coherence
+    from aqrecipe.evaluate.reference import reference_gguf
 
     ref = reference_gguf(demo_model_dir)
     good, bad = tmp_path / "q8.gguf", tmp_path / "collapsed.gguf"

@@ -30,7 +30,7 @@ TEXT = " ".join(["The quick brown fox jumps over the lazy dog while the cat slee
 
 @pytest.fixture(scope="module")
 def tiny_gguf(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from aqrecipe.cli import main
+    from aqrecipe.cli.commands import main
 
     dest = tmp_path_factory.mktemp("crash") / "tiny-q8.gguf"
     assert main(["quantize", str(tiny_llama_dir), "--type", "Q8_0", "-o", str(dest), "--no-eval", "-q"]) == 0

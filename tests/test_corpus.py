@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aqrecipe import corpus
+from aqrecipe.formats import corpus
 from aqrecipe.errors import CalibrationDataError
 
 
@@ -55,9 +55,15 @@ def test_split_is_deterministic_by_title():
     assert flags == [False, True, False, True]
 
 
-def test_split_is_deterministic_across_calls(articles):
-    assert corpus.evaluation_articles() == corpus.evaluation_articles()
-    assert corpus.calibration_text() == corpus.calibration_text()
+def test_split_is_deterministic_across_parses(articles, tmp_path, monkeypatch):
+    first = (corpus.evaluation_articles(), corpus.calibration_text())
+    monkeypatch.setenv("AQRECIPE_CACHE", str(tmp_path))  # a cold cache: the dump is parsed again
+    corpus._builtin_cached.cache_clear()
+    try:
+        assert (corpus.evaluation_articles(), corpus.calibration_text()) == first
+        assert (tmp_path / "corpus").is_dir()  # it really was parsed anew, not read from the old cache
+    finally:
+        corpus._builtin_cached.cache_clear()
 
 
 def test_cache_roundtrip_and_invalidation(tmp_path: Path):

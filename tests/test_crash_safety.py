@@ -3,7 +3,7 @@ planner measurement, packing and publishing the output. After every kill the des
 absent or still the previous complete file, with no temp file beside it; the rerun resumes
 (finished checkpoints are not redone) and writes exactly the reference bytes.
 
-The killed runs are child processes running ``aqrecipe.cli.main``; they are forked from a
+The killed runs are child processes running ``aqrecipe.cli.commands.main``; they are forked from a
 forkserver that imported torch/transformers once, so each kill costs seconds, not an import.
 """
 
@@ -23,7 +23,7 @@ pytest.importorskip("torch")
 
 from aqrecipe._testhooks import KILL_ENV  # noqa: E402
 from aqrecipe.calibration.runner import KILL_AFTER_ENV, KILL_DURING_ENV  # noqa: E402
-from aqrecipe.cli import main  # noqa: E402
+from aqrecipe.cli.commands import main  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ N_LAYERS = 2  # tiny_llama_dir: 2 decoder layers -> calibration stages 0, 1 and 
 N_TENSORS = 21
 N_PROXY_STAGES = 3  # planner proxy files: layer 0, layer 1, global
 OLD = b"a previous complete output, not a GGUF\n" * 64
-PRELOAD = ["torch", "transformers", "transformers.models.llama.modeling_llama", "aqrecipe.cli", "aqrecipe.apply",
+PRELOAD = ["torch", "transformers", "transformers.models.llama.modeling_llama", "aqrecipe.cli", "aqrecipe.apply.run",
            "aqrecipe.imatrix.compute", "aqrecipe.calibration.runner", "aqrecipe.calibration._kernels",
            "aqrecipe.planner", "matplotlib.pyplot", "test_crash_safety"]
 

@@ -15,7 +15,7 @@ pytest.importorskip("llama_cpp")
 
 from llamacpp_tools import greedy, llama_quantize, tensor_types  # noqa: E402
 
-from aqrecipe.cli import main  # noqa: E402
+from aqrecipe.cli.commands import main  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.llamacpp]
 
@@ -24,7 +24,7 @@ TYPES = ["Q8_0", "Q4_0", "Q4_K_M"]
 
 @pytest.fixture(scope="module")
 def demo_files(demo_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from aqrecipe.reference import reference_gguf
+    from aqrecipe.evaluate.reference import reference_gguf
 
     out = tmp_path_factory.mktemp("demo-gguf")
     files = {"F16": reference_gguf(demo_model_dir)}

@@ -1,4 +1,4 @@
-"""general.file_type: one table (aqrecipe.blocktypes.FILE_TYPES) for the plan compiler and the GGUF writer.
+"""general.file_type: one table (aqrecipe.quant.blocktypes.FILE_TYPES) for the plan compiler and the GGUF writer.
 
 The compiler's label, the writer's guess and the key read back from the written file must
 agree for every file type aqrecipe makes, and each must be llama.h's own ``LLAMA_FTYPE_*``
@@ -16,12 +16,12 @@ import gguf
 import numpy as np
 import pytest
 
-from aqrecipe.apply import write_plan_gguf
-from aqrecipe.blocktypes import FILE_TYPES, NEEDS_IMATRIX, TYPE_NAMES, file_type_for
+from aqrecipe.output.plan_gguf import write_plan_gguf
+from aqrecipe.quant.blocktypes import FILE_TYPES, NEEDS_IMATRIX, TYPE_NAMES, file_type_for
 from aqrecipe.errors import UnknownTypeError
-from aqrecipe.gguf_out import PlannedTensor, guess_file_type, write_gguf
+from aqrecipe.output.gguf import PlannedTensor, guess_file_type, write_gguf
 from aqrecipe.models import ModelSource, open_model
-from aqrecipe.pack import pack_entry
+from aqrecipe.output.pack import pack_entry
 from aqrecipe.plan import MIXTURES, Plan, PlanSpec, compile_plan
 
 HIDDEN = 256

@@ -29,9 +29,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aqrecipe.errors import AqrecipeError, GGUFFormatError, ImatrixError
-from aqrecipe.gguf_read import open_gguf
+from aqrecipe.formats.gguf_read import open_gguf
 from aqrecipe.imatrix import ImatrixData, ImatrixEntry, decode_dat, encode_dat, load_imatrix, save_imatrix
-from aqrecipe.inspect_file import inspect_path
+from aqrecipe.cli.inspect import inspect_path
 
 _COMMON = dict(deadline=None, database=None,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -291,7 +291,7 @@ def test_dat_values_that_overflow_once_scaled_are_an_imatrix_error() -> None:
 @pytest.mark.parametrize("type_name,value", [("F16", 9.887675e31), ("F16", -65520.0), ("BF16", 3.4028235e38)])
 def test_float_types_refuse_weights_they_would_store_as_infinity(type_name: str, value: float) -> None:
     """fuzz/encode found finite weights that F16 (BF16 near f32::MAX) wrote as +-inf; now a CodecError."""
-    from aqrecipe import codecs
+    from aqrecipe.quant import codecs
     from aqrecipe.errors import CodecError
 
     x = np.array([[1.0, value]], dtype=np.float32)

@@ -1,4 +1,4 @@
-"""aqrecipe.gguf_out: GGUF files read back with gguf-py, transformers and llama.cpp."""
+"""aqrecipe.output.gguf: GGUF files read back with gguf-py, transformers and llama.cpp."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from aqrecipe.errors import ByteLengthError, OutputError
-from aqrecipe.gguf_out import PlannedTensor, guess_file_type, write_gguf
-from aqrecipe.gguf_out.tokenizer import build_vocab
+from aqrecipe.output.gguf import PlannedTensor, guess_file_type, write_gguf
+from aqrecipe.output.gguf.tokenizer import build_vocab
 from aqrecipe.models import ModelSource, open_model
 
 

@@ -10,7 +10,7 @@ import gguf
 import numpy as np
 import pytest
 
-from aqrecipe.cli import main
+from aqrecipe.cli.commands import main
 from aqrecipe.errors import ImatrixError
 from aqrecipe.imatrix import (
     ImatrixData,

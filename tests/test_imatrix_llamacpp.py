@@ -24,7 +24,7 @@ import gguf
 import numpy as np
 import pytest
 
-from aqrecipe.cli import main
+from aqrecipe.cli.commands import main
 from aqrecipe.imatrix import ImatrixData, ImatrixEntry, load_imatrix, save_imatrix
 
 CTX = 64  # llama-imatrix -c: tokens per chunk
@@ -246,7 +246,7 @@ def test_demo_iq2_xxs_quantizes_with_our_imatrix(tools: dict[str, Path], demo_mo
                                                  tmp_path: Path) -> None:
     """The tiny model's rows (64, 96) all fall back to IQ4_NL/Q4_0; the demo's ffn_down rows
     (1536) really become IQ2_XXS, which llama.cpp refuses to make without an imatrix entry."""
-    from aqrecipe.reference import reference_gguf
+    from aqrecipe.evaluate.reference import reference_gguf
 
     ours = tmp_path / "demo.gguf"
     assert main(["imatrix", "compute", str(demo_model_dir), "-o", str(ours), "--samples", "128",

@@ -260,7 +260,7 @@ def test_config_disagreeing_with_weights(tiny_llama_dir: Path, tmp_path: Path) -
 
 
 def test_import_does_not_load_torch() -> None:
-    code = "import sys, aqrecipe.models, aqrecipe.gguf_out; print('torch' in sys.modules)"
+    code = "import sys, aqrecipe.models, aqrecipe.output.gguf; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

@@ -95,7 +95,7 @@ def test_eval_hf_folder_without_torch(blocker: Path, tiny_llama_dir: Path, tmp_p
 
 @pytest.fixture(scope="module")
 def tiny_gguf(tiny_llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from aqrecipe.cli import main
+    from aqrecipe.cli.commands import main
 
     out = tmp_path_factory.mktemp("gguf") / "tiny-q8_0.gguf"
     assert main(["quantize", str(tiny_llama_dir), "--type", "Q8_0", "-o", str(out), "-q"]) == 0
@@ -222,7 +222,7 @@ def test_builtin_text_without_gensim(blocker: Path, tiny_gguf: Path, tmp_path: P
 
 def test_builtin_corpus_error_is_still_a_calibration_data_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """Callers that fall back when there is no built-in text (``except CalibrationDataError``) still do."""
-    from aqrecipe import corpus
+    from aqrecipe.formats import corpus
     from aqrecipe.errors import CalibrationDataError
 
     monkeypatch.setitem(sys.modules, "gensim", None)
@@ -264,10 +264,10 @@ def test_require_names_the_package_and_the_extra(monkeypatch: pytest.MonkeyPatch
 
 
 def test_touched_modules_import_no_optional_package() -> None:
-    modules = ["aqrecipe", "aqrecipe.cli", "aqrecipe.optional", "aqrecipe.corpus", "aqrecipe.memory",
+    modules = ["aqrecipe", "aqrecipe.cli", "aqrecipe.optional", "aqrecipe.formats.corpus", "aqrecipe.calibration.memory",
                "aqrecipe.calibration.runner", "aqrecipe.calibration.data", "aqrecipe.imatrix.compute",
                "aqrecipe.planner.kld", "aqrecipe.planner.report", "aqrecipe.importance.gradient",
-               "aqrecipe.importance.plot", "aqrecipe.smoothquant.pipeline", "aqrecipe.smoothquant.export",
+               "aqrecipe.importance.plot", "aqrecipe.apply.smoothquant", "aqrecipe.output.w8a8",
                "aqrecipe.evaluate.torch_backend", "aqrecipe.models.demo"]
     code = ("import importlib, sys\n"
             f"for m in {modules!r}:\n    importlib.import_module(m)\n"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from aqrecipe import codecs
-from aqrecipe.pack import pack_entry
+from aqrecipe.quant import codecs
+from aqrecipe.output.pack import pack_entry
 from aqrecipe.plan import PlanEntry
 
 

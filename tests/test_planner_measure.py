@@ -114,14 +114,3 @@ def test_spec_round_trip_and_schema() -> None:
     assert list(v.iter_errors({"type": "budget", "target_bpw": 3, "colour": 1}))
 
 
-def test_cli_target_bpw_flag() -> None:
-    import argparse
-
-    from aqrecipe.planner.cli import add_arguments, section_from_args
-
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    assert section_from_args(p.parse_args([])) is None
-    spec = section_from_args(p.parse_args(["--target-bpw", "3.5"]))
-    assert spec.target_bpw == 3.5 and spec.measurement.type == "proxy"
-    assert spec.budget_bytes(1000) == 437

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from aqrecipe.cli import main
+from aqrecipe.cli.commands import main
 
 PRESETS = sorted((Path(__file__).parent.parent / "recipes" / "presets").glob("*.yaml"))
 

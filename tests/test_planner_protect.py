@@ -48,10 +48,10 @@ def test_protection_and_planner_meet_the_target_on_a_tiny_model(tiny_llama_dir: 
     """Planted super weight, protection at F16, planner at 6.0 bpw: the final plan stays under 6.0 bpw."""
     from test_super_weights import _variant
 
-    from aqrecipe.apply import plan_from_recipe
+    from aqrecipe.plan.from_recipe import plan_from_recipe
     from aqrecipe.planner.measurement import tensor_bytes
     from aqrecipe.recipe import load_recipe
-    from aqrecipe.stages import replan, run_stages
+    from aqrecipe.apply.stages import replan, run_stages
 
     model = _variant(tiny_llama_dir, tmp_path / "planted", 1.5)
     target = 6.0

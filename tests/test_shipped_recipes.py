@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aqrecipe.cli import main
+from aqrecipe.cli.commands import main
 from aqrecipe.plan import Rule, RuleSet
 from aqrecipe.plan.rules import output_aliases
 

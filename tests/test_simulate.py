@@ -10,7 +10,7 @@ import gguf
 import numpy as np
 import pytest
 
-from aqrecipe.cli import main
+from aqrecipe.cli.commands import main
 
 ROW, COL = 5, 17
 VALUE = 1.2345678  # not on any block grid: quantization alone does not give it back
@@ -49,7 +49,7 @@ def _imatrix(plan):
 
 
 def _simulated(plan, **kw) -> dict[str, np.ndarray]:
-    from aqrecipe.simulate import simulated_tensors
+    from aqrecipe.apply.simulate import simulated_tensors
 
     return {e.hf_name: w for e, w in simulated_tensors(plan, **kw)}
 
@@ -68,8 +68,8 @@ def test_restores_the_exact_value_and_only_that_one(planted):
 
 def test_simulated_weights_equal_the_dequantized_gguf(planted, tmp_path):
     """Same plan + imatrix: simulated weights == dequantize(bytes the GGUF writer packed), rope order undone."""
-    from aqrecipe.apply import write_plan_gguf
-    from aqrecipe.codecs import dequantize
+    from aqrecipe.output.plan_gguf import write_plan_gguf
+    from aqrecipe.quant.codecs import dequantize
     from aqrecipe.models import open_model
     from aqrecipe.models.transforms import permute_rope_rows
 
@@ -102,8 +102,8 @@ def test_folder_loads_in_transformers_with_the_exact_super_weight(planted, tmp_p
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from aqrecipe.models import open_model
-    from aqrecipe.safetensors_out import encode, write_hf_folder
-    from aqrecipe.simulate import simulated_tensors
+    from aqrecipe.output.safetensors import encode, write_hf_folder
+    from aqrecipe.apply.simulate import simulated_tensors
 
     plan = _plan(planted)
     source = open_model(str(planted))
@@ -129,8 +129,8 @@ def test_folder_loads_in_transformers_with_the_exact_super_weight(planted, tmp_p
 
 def test_failed_write_leaves_no_folder(planted, tmp_path):
     from aqrecipe.models import open_model
-    from aqrecipe.safetensors_out import write_hf_folder
-    from aqrecipe.simulate import simulated_tensors
+    from aqrecipe.output.safetensors import write_hf_folder
+    from aqrecipe.apply.simulate import simulated_tensors
 
     plan = _plan(planted)
 

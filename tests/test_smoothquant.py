@@ -144,7 +144,7 @@ def test_activation_fake_quant_hand_values():
 def test_smoothing_keeps_float_logits(which, request):
     pytest.importorskip("torch")
     from aqrecipe.models import open_model
-    from aqrecipe.smoothquant.pipeline import smoothed_copy
+    from aqrecipe.apply.smoothquant import smoothed_copy
     from aqrecipe.smoothquant.torch_model import load_float_model, max_relative_logit_diff, window_logits
 
     src = open_model(request.getfixturevalue(which))
@@ -164,24 +164,10 @@ def test_smoothing_keeps_float_logits(which, request):
     assert max_relative_logit_diff(window_logits(model, ids), window_logits(broken, ids)) > 1e-3
 
 
-# --- CLI and import hygiene --------------------------------------------------------------------
-def test_cli_flags_make_a_valid_section():
-    import argparse
-
-    from aqrecipe.smoothquant import cli
-
-    parser = argparse.ArgumentParser()
-    cli.add_arguments(parser)
-    args = parser.parse_args(["demo", "--alpha", "auto", "--format", "gguf-q8_0", "--activations", "static-per-tensor"])
-    cfg = SmoothQuantConfig.from_dict(cli.section_from_args(args))
-    assert cfg.is_auto and cfg.output == "gguf-q8_0" and cfg.activations == "static-per-tensor"
-    with pytest.raises(SystemExit):
-        parser.parse_args(["demo", "--alpha", "strong"])
-
-
+# --- import hygiene --------------------------------------------------------------------
 def test_import_does_not_load_torch():
     import subprocess
     import sys
 
-    code = "import sys, aqrecipe.smoothquant, aqrecipe.smoothquant.cli; print('torch' in sys.modules)"
+    code = "import sys, aqrecipe.smoothquant; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

@@ -13,7 +13,8 @@ pytest.importorskip("torch")
 pytest.importorskip("compressed_tensors")
 
 from aqrecipe.calibration import CalibrationSpec  # noqa: E402
-from aqrecipe.smoothquant import SmoothQuantError, run_smoothquant  # noqa: E402
+from aqrecipe.apply.smoothquant import run_smoothquant  # noqa: E402
+from aqrecipe.smoothquant import SmoothQuantError  # noqa: E402
 
 CHUNKS, CONTEXT = 4, 64
 
@@ -150,7 +151,7 @@ def test_output_over_a_foreign_path_is_refused(tiny_llama_dir, text_file, tmp_pa
 def test_demo_smoothing_is_exact_in_float32(demo_model_dir, tmp_path):
     from aqrecipe.models import open_model
     from aqrecipe.smoothquant import SmoothQuantConfig, resolve_groups
-    from aqrecipe.smoothquant.pipeline import smoothed_copy
+    from aqrecipe.apply.smoothquant import smoothed_copy
     from aqrecipe.smoothquant.torch_model import load_float_model, max_relative_logit_diff, window_logits
 
     src = open_model(demo_model_dir)

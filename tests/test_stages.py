@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from llamacpp_tools import tensor_types
 
-from aqrecipe.cli import main
+from aqrecipe.cli.commands import main
 
 pytestmark = pytest.mark.slow
 

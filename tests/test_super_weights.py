@@ -124,7 +124,8 @@ def test_report_cli_prints_summary_and_writes_plot(planted, tmp_path, capsys):
     import argparse
     import json
 
-    from aqrecipe.importance import cli, save_importance
+    from aqrecipe.cli import report as cli
+    from aqrecipe.importance import save_importance
 
     save_importance(_analyze(planted, type="activation"), tmp_path / "imp.json")
     p = argparse.ArgumentParser()

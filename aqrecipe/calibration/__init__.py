@@ -7,9 +7,9 @@ statistics kernel load them on first use.
 
 from __future__ import annotations
 
-from .data import CalibrationSpec, calibration_windows
-from .observers import DownProjRanges, InputStatsObserver, LinearObserver
-from .stats import ChannelStats
+from aqrecipe.calibration.data import CalibrationSpec, calibration_windows
+from aqrecipe.calibration.observers import DownProjRanges, InputStatsObserver, LinearObserver
+from aqrecipe.calibration.stats import ChannelStats
 
 __all__ = [
     "CalibrationSpec",

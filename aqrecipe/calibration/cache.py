@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from aqrecipe.calibration.checkpoint import WorkDir
-from aqrecipe.fileio import atomic_output
+from aqrecipe.formats.fileio import atomic_output
 
 
 class SpilledRows:

@@ -30,7 +30,7 @@ from typing import IO, Mapping
 import numpy as np
 
 from aqrecipe.errors import OutputError, ResumeError
-from aqrecipe.fileio import atomic_write_bytes
+from aqrecipe.formats.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -213,10 +213,6 @@ class WorkDir:
     # --- stages -----------------------------------------------------------------
     def stage_path(self, stage: int) -> Path:
         return self.path / f"stage-{stage:04d}.npz"
-
-    def hidden_path(self, stage: int) -> Path:
-        """The buffer holding the hidden states that enter ``stage``."""
-        return self.path / f"hidden-{stage % 2}.f32"
 
     def save_stage(self, stage: int, arrays: Mapping[str, np.ndarray]) -> None:
         buf = io.BytesIO()

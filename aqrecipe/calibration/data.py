@@ -3,7 +3,7 @@
 Sources: the built-in Wikipedia calibration split, a UTF-8 text file, a JSON-lines
 file (one field per record) or a Hugging Face dataset (needs ``datasets`` and a
 network). Text is tokenized with the model's own tokenizer and windows are drawn
-deterministically by :func:`aqrecipe.corpus.sample_token_windows`.
+deterministically by :func:`aqrecipe.formats.corpus.sample_token_windows`.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class CalibrationSpec:
 
 def load_calibration_text(spec: CalibrationSpec) -> str:
     """The calibration text of ``spec`` as one string (documents split by blank lines)."""
-    from aqrecipe import corpus
+    from aqrecipe.formats import corpus
 
     if spec.source == "builtin-wiki":
         return corpus.join_articles(corpus.calibration_articles())
@@ -141,7 +141,7 @@ def calibration_windows(spec: CalibrationSpec, tokenizer: Any) -> np.ndarray:
     Like llama.cpp's imatrix tool, the first token of every window is replaced by
     BOS when the tokenizer adds one, so each window looks like a fresh context.
     """
-    from aqrecipe import corpus
+    from aqrecipe.formats import corpus
 
     text = load_calibration_text(spec)
     ids, bos = tokenize_text(tokenizer, text)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .backends import LogitsBackend
+from aqrecipe.evaluate.backends import LogitsBackend
 
 
 class CachedBackend:

@@ -45,7 +45,7 @@ class LlamaCppBackend:
         self.path = Path(gguf_path)
         self.name = str(self.path)
         self.n_ctx = n_ctx
-        from aqrecipe.gguf_read import check_gguf
+        from aqrecipe.formats.gguf_read import check_gguf
 
         check_gguf(self.path)  # llama.cpp would only say "failed to load": name the damage instead
         self._proc: subprocess.Popen[bytes] | None = None

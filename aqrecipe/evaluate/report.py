@@ -16,8 +16,7 @@ class QualityReport:
     Perplexities score the second half of each ``context``-token window (as
     llama.cpp's perplexity tool does); ``n_tokens`` counts the scored tokens.
     The KL divergence is KL(P_reference || P_model) per scored token, in nats.
-    Fields that need a reference are None without one. ``layer_wise_errors`` and
-    ``super_weight_coverage`` are filled by later stages of ``apply``.
+    Fields that need a reference are None without one.
     """
 
     model: str
@@ -32,8 +31,6 @@ class QualityReport:
     kld_p99: float | None = None
     kld_max: float | None = None
     top1_agreement: float | None = None
-    layer_wise_errors: dict[str, float] | None = None
-    super_weight_coverage: float | None = None
     timing: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,8 +67,6 @@ def format_report_table(report: QualityReport) -> str:
         ("KL divergence max", _fmt(report.kld_max, ".6f")),
         ("top-1 agreement", "-" if report.top1_agreement is None else f"{report.top1_agreement:.2%}"),
     ]
-    if report.super_weight_coverage is not None:
-        rows.append(("super weight coverage", f"{report.super_weight_coverage:.2%}"))
     if report.timing:
         rows.append(("time", ", ".join(f"{k} {v:.1f}s" for k, v in sorted(report.timing.items()))))
     width = max(len(k) for k, _ in rows)

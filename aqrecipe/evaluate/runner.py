@@ -21,7 +21,7 @@ from contextlib import ExitStack
 
 import numpy as np
 
-from aqrecipe import corpus
+from aqrecipe.formats import corpus
 from aqrecipe.errors import CalibrationDataError, EvalError
 from aqrecipe.evaluate.backends import LogitsBackend, open_backend
 from aqrecipe.evaluate.metrics import MetricsAccumulator

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from .check import ImatrixMatch, check_against_model, match_imatrix
-from .data import ImatrixData, ImatrixEntry
-from .dat_format import decode_dat, encode_dat
-from .io import convert_imatrix, load_imatrix, save_imatrix
-from .show import summarize_imatrix
+from aqrecipe.imatrix.check import ImatrixMatch, check_against_model, match_imatrix
+from aqrecipe.imatrix.data import ImatrixData, ImatrixEntry
+from aqrecipe.imatrix.dat_format import decode_dat, encode_dat
+from aqrecipe.imatrix.io import convert_imatrix, load_imatrix, save_imatrix
+from aqrecipe.imatrix.show import summarize_imatrix
 
 
 def compute_imatrix(*args: Any, **kwargs: Any) -> ImatrixData:
     """See :func:`aqrecipe.imatrix.compute.compute_imatrix` (imported lazily: it needs torch)."""
-    from .compute import compute_imatrix as _compute
+    from aqrecipe.imatrix.compute import compute_imatrix as _compute
 
     return _compute(*args, **kwargs)
 

@@ -60,7 +60,7 @@ def _bad(path: Path, what: str) -> ImatrixError:
 def read_gguf_imatrix(path: Path) -> ImatrixData:
     import gguf
 
-    from aqrecipe.gguf_read import open_gguf
+    from aqrecipe.formats.gguf_read import open_gguf
 
     path = Path(path)
     size = os.path.getsize(path)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from aqrecipe.errors import ImatrixError
-from aqrecipe.fileio import atomic_output, atomic_path
+from aqrecipe.formats.fileio import atomic_output, atomic_path
 from aqrecipe.imatrix.dat_format import DEFAULT_CHUNK_SIZE, read_dat_imatrix, write_dat_imatrix
 from aqrecipe.imatrix.data import ImatrixData
 from aqrecipe.imatrix.gguf_format import read_gguf_imatrix, write_gguf_imatrix

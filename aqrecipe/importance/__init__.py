@@ -23,22 +23,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import SCHEMA_FRAGMENT, DetectSpec, ProtectSpec, SuperWeightsSection
-from .model import NO_SUPER_WEIGHT, ImportanceFileError, ImportanceMatrix, SuperWeight, load_importance, save_importance
-from .protect import boost_imatrix, fake_quantize, protect_plan, protection_rules, restore_super_weights
-from .summary import summarize_importance
+from aqrecipe.importance.config import SCHEMA_FRAGMENT, DetectSpec, ProtectSpec, SuperWeightsSection
+from aqrecipe.importance.model import NO_SUPER_WEIGHT, ImportanceFileError, ImportanceMatrix, SuperWeight, load_importance, save_importance
+from aqrecipe.importance.protect import boost_imatrix, fake_quantize, protect_plan, protection_rules, restore_super_weights
+from aqrecipe.importance.summary import summarize_importance
 
 
 def analyze_importance(*args: Any, **kwargs: Any) -> ImportanceMatrix:
     """See :func:`aqrecipe.importance.detect.analyze_importance` (needs torch; imported lazily)."""
-    from .detect import analyze_importance as _analyze
+    from aqrecipe.importance.detect import analyze_importance as _analyze
 
     return _analyze(*args, **kwargs)
 
 
 def plot_importance(*args: Any, **kwargs: Any) -> Any:
     """See :func:`aqrecipe.importance.plot.plot_importance` (imports matplotlib lazily)."""
-    from .plot import plot_importance as _plot
+    from aqrecipe.importance.plot import plot_importance as _plot
 
     return _plot(*args, **kwargs)
 

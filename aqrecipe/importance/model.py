@@ -16,7 +16,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from aqrecipe.errors import AqrecipeError
-from aqrecipe.fileio import atomic_path, atomic_write_text
+from aqrecipe.formats.fileio import atomic_path, atomic_write_text
 
 FORMAT = "aqrecipe.importance/1"
 NO_SUPER_WEIGHT = "no clear super weight"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aqrecipe.fileio import atomic_path
+from aqrecipe.formats.fileio import atomic_path
 from aqrecipe.importance.model import ImportanceMatrix
 
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from aqrecipe.blocktypes import layout
+from aqrecipe.quant.blocktypes import layout
 from aqrecipe.importance.config import ProtectSpec, SuperWeightsSection
 from aqrecipe.importance.model import ImportanceMatrix, SuperWeight
 from aqrecipe.plan import Rule
@@ -135,7 +135,7 @@ def restore_super_weights(weights: Mapping[str, np.ndarray],
 def fake_quantize(name: str, w: np.ndarray, type_name: str, importance: np.ndarray | None = None,
                   super_weights: ImportanceMatrix | Iterable[SuperWeight] = ()) -> np.ndarray:
     """Quantize + dequantize one 2-D tensor (rows are GGUF rows), then restore its super weights."""
-    from aqrecipe import codecs
+    from aqrecipe.quant import codecs
 
     w = np.ascontiguousarray(w, dtype=np.float32)
     deq = codecs.dequantize(codecs.quantize(w, type_name, importance), type_name, w.shape)

@@ -4,10 +4,10 @@
 model does.
 """
 
-from .architectures import ARCHITECTURES, ArchInfo, supported_model_types
-from .demo import demo_dir, materialize_demo
-from .source import ModelSource, TensorInfo, open_folder, open_model
-from .transforms import permute_rope_rows, unpermute_rope_rows
+from aqrecipe.models.architectures import ARCHITECTURES, ArchInfo, supported_model_types
+from aqrecipe.models.demo import demo_dir, materialize_demo
+from aqrecipe.models.source import ModelSource, TensorInfo, open_folder, open_model
+from aqrecipe.models.transforms import permute_rope_rows, unpermute_rope_rows
 
 __all__ = [
     "ARCHITECTURES",

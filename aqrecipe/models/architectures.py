@@ -11,7 +11,7 @@ from typing import Any
 
 import gguf
 
-from ..errors import ModelError, UnsupportedArchitectureError
+from aqrecipe.errors import ModelError, UnsupportedArchitectureError
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import ModelError
-from ..optional import require_torch
-from .pretokenizers import pre_tokenizer_for
+from aqrecipe.errors import ModelError
+from aqrecipe.optional import require_torch
+from aqrecipe.models.pretokenizers import pre_tokenizer_for
 
 log = logging.getLogger(__name__)
 

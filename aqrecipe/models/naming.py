@@ -10,7 +10,7 @@ import re
 
 import gguf
 
-from .architectures import ArchInfo
+from aqrecipe.models.architectures import ArchInfo
 
 #: HF tensors that are buffers, not weights (recomputed by every runtime).
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CorruptFileError, UnsupportedDtypeError
+from aqrecipe.errors import CorruptFileError, UnsupportedDtypeError
 
 #: safetensors dtype -> bytes per element, for the dtypes aqrecipe reads.
 SUPPORTED_DTYPES: dict[str, int] = {"F32": 4, "F16": 2, "BF16": 2}

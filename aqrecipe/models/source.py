@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptFileError, ModelError
-from .architectures import ArchInfo, arch_info_from_config, model_type_of
-from .files import INDEX_FILE, find_weight_files, load_config
-from .naming import NameMapper, gguf_order_key
-from .safetensors_io import RawTensor, read_header, read_tensor
-from .transforms import permute_rope_rows
+from aqrecipe.errors import CorruptFileError, ModelError
+from aqrecipe.models.architectures import ArchInfo, arch_info_from_config, model_type_of
+from aqrecipe.models.files import INDEX_FILE, find_weight_files, load_config
+from aqrecipe.models.naming import NameMapper, gguf_order_key
+from aqrecipe.models.safetensors_io import RawTensor, read_header, read_tensor
+from aqrecipe.models.transforms import permute_rope_rows
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
@@ -107,7 +107,7 @@ class ModelSource:
 def open_model(ref: str | Path, base_dir: Path | None = None) -> ModelSource:
     """Open ``"demo"`` or a local HF folder; reads config.json and headers only."""
     if str(ref) == "demo":
-        from .demo import materialize_demo
+        from aqrecipe.models.demo import materialize_demo
 
         path = materialize_demo()
     else:

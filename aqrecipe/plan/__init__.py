@@ -1,10 +1,10 @@
 """Recipe -> plan: rules, llama.cpp mixtures, fallbacks and sizes (headers only)."""
 
-from .compiler import PlanSpec, compile_plan, is_quantizable
-from .mixtures import MIXTURES, Mixture, get_mixture
-from .model import Plan, PlanEntry, load_plan
-from .render import human_bytes, render_plan
-from .rules import Rule, RuleSet, parse_set_option, rule_kind
+from aqrecipe.plan.compiler import PlanSpec, compile_plan, is_quantizable
+from aqrecipe.plan.mixtures import MIXTURES, Mixture, get_mixture
+from aqrecipe.plan.model import Plan, PlanEntry, load_plan
+from aqrecipe.plan.render import human_bytes, render_plan
+from aqrecipe.plan.rules import Rule, RuleSet, parse_set_option, rule_kind
 
 __all__ = [
     "MIXTURES",

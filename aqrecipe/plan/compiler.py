@@ -10,14 +10,14 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from ..blocktypes import NEEDS_IMATRIX, fallback_for, file_type_for, layout
-from ..errors import PlanError
-from .mixtures import TensorContext, get_mixture, mixture_type
-from .model import Plan, PlanEntry
-from .rules import Rule, RuleSet, output_aliases, rule_reason
+from aqrecipe.quant.blocktypes import NEEDS_IMATRIX, fallback_for, file_type_for, layout
+from aqrecipe.errors import PlanError
+from aqrecipe.plan.mixtures import TensorContext, get_mixture, mixture_type
+from aqrecipe.plan.model import Plan, PlanEntry
+from aqrecipe.plan.rules import Rule, RuleSet, output_aliases, rule_reason
 
 if TYPE_CHECKING:
-    from ..models import ModelSource
+    from aqrecipe.models import ModelSource
 
 _LAYER = re.compile(r"^blk\.(\d+)\.")
 

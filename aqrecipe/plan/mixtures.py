@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..blocktypes import file_type_for, layout
-from ..errors import PlanError
+from aqrecipe.quant.blocktypes import file_type_for, layout
+from aqrecipe.errors import PlanError
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class Mixture:
 
     @property
     def file_type(self) -> int:
-        """``general.file_type``, from the one table in :mod:`aqrecipe.blocktypes`."""
+        """``general.file_type``, from the one table in :mod:`aqrecipe.quant.blocktypes`."""
         return int(file_type_for(self.name))
 
 

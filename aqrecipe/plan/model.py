@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..errors import PlanError
+from aqrecipe import __version__
+from aqrecipe.errors import PlanError
 
 PLAN_FORMAT_VERSION = 1
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .model import Plan
+from aqrecipe.plan.model import Plan
 
 
 def human_bytes(n: float) -> str:

@@ -22,7 +22,7 @@ import fnmatch
 import re
 from dataclasses import dataclass
 
-from ..errors import PlanError
+from aqrecipe.errors import PlanError
 
 _KIND_ORDER = {"exact": 0, "regex": 1, "glob": 2}
 

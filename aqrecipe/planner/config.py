@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..blocktypes import TYPE_NAMES
-from ..errors import PlanError
-from ..recipe.schema import section_schema
-from .measurement import DEFAULT_CANDIDATES
+from aqrecipe.quant.blocktypes import TYPE_NAMES
+from aqrecipe.errors import PlanError
+from aqrecipe.recipe.schema import section_schema
+from aqrecipe.planner.measurement import DEFAULT_CANDIDATES
 
 _MEASUREMENT_TYPES = ("proxy", "kld")
 

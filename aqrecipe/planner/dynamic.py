@@ -6,11 +6,11 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..plan import Rule, compile_plan
-from .config import PlannerSpec
-from .measure import measure
-from .planner import Budget, as_plan_spec, as_rules, solve_plan
-from .report import PlannerReport, build_report
+from aqrecipe.plan import Rule, compile_plan
+from aqrecipe.planner.config import PlannerSpec
+from aqrecipe.planner.measure import measure
+from aqrecipe.planner.planner import Budget, as_plan_spec, as_rules, solve_plan
+from aqrecipe.planner.report import PlannerReport, build_report
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def plan_dynamic(model_ref: Any, planner_section: PlannerSpec | dict, imatrix: A
     budget and their rules carry the pinned type. The rules go to
     :func:`aqrecipe.plan.compile_plan` ahead of (or instead of) the recipe's.
     """
-    from ..models import ModelSource, open_model
+    from aqrecipe.models import ModelSource, open_model
 
     spec = planner_section if isinstance(planner_section, PlannerSpec) else PlannerSpec.from_dict(planner_section)
     source = model_ref if isinstance(model_ref, ModelSource) else open_model(model_ref)

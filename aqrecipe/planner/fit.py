@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .measurement import Calibration, Measurement
+from aqrecipe.planner.measurement import Calibration, Measurement
 
 
 def _ranks(x: Sequence[float]) -> np.ndarray:

@@ -21,7 +21,7 @@ class KldProbe:
     """A float32 transformers model with swappable weights and the reference log-probs."""
 
     def __init__(self, source: Any, windows: np.ndarray, *, n_threads: int | None = None) -> None:
-        from ..optional import require_torch
+        from aqrecipe.optional import require_torch
 
         torch, transformers = require_torch("the planner's KL-divergence measurement")
         if n_threads:
@@ -69,7 +69,7 @@ class KldProbe:
 
 def calibration_token_windows(source: Any, samples: int, seq_len: int, seed: int = 0) -> np.ndarray:
     """``[samples, seq_len]`` windows from the built-in calibration split (disjoint from evaluation)."""
-    from ..calibration.data import CalibrationSpec, calibration_windows, load_tokenizer
+    from aqrecipe.calibration.data import CalibrationSpec, calibration_windows, load_tokenizer
 
     spec = CalibrationSpec(samples=samples, seq_len=seq_len, seed=seed, enforce_sample_range=False)
     return calibration_windows(spec, load_tokenizer(str(source.tokenizer_dir or source.path)))

@@ -27,14 +27,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .._testhooks import reached
-from ..fileio import atomic_write_text
-from ..plan import is_quantizable
-from .config import MeasurementSpec
-from .fit import fit_calibration
-from .measurement import (Measurement, TensorMeasurement, TypeOption, candidate_types, imatrix_hash,
+from aqrecipe._testhooks import reached
+from aqrecipe.formats.fileio import atomic_write_text
+from aqrecipe.plan import is_quantizable
+from aqrecipe.planner.config import MeasurementSpec
+from aqrecipe.planner.fit import fit_calibration
+from aqrecipe.planner.measurement import (Measurement, TensorMeasurement, TypeOption, candidate_types, imatrix_hash,
                           layer_of, role_of, tensor_bytes)
-from .proxy import can_quantize, proxy_error, round_trip
+from aqrecipe.planner.proxy import can_quantize, proxy_error, round_trip
 
 log = logging.getLogger(__name__)
 MAX_CALIBRATION_TYPES = 5
@@ -116,7 +116,7 @@ def measure(source: Any, imatrix: Any, candidates: tuple[str, ...], spec: Measur
 
     def probe() -> Any:
         if not probe_box:
-            from .kld import KldProbe, calibration_token_windows
+            from aqrecipe.planner.kld import KldProbe, calibration_token_windows
 
             windows = calibration_token_windows(source, spec.samples, spec.seq_len, spec.seed)
             probe_box.append(KldProbe(source, windows, n_threads=n_threads))

@@ -17,9 +17,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from ..blocktypes import fallback_for, layout
-from ..errors import PlanError
-from ..fileio import atomic_write_text
+from aqrecipe.quant.blocktypes import fallback_for, layout
+from aqrecipe.errors import PlanError
+from aqrecipe.formats.fileio import atomic_write_text
 
 MEASUREMENT_FORMAT = 1
 DEFAULT_CANDIDATES = ("IQ1_S", "IQ1_M", "IQ2_XXS", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")

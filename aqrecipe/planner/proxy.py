@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import codecs
-from ..blocktypes import NEEDS_IMATRIX
+from aqrecipe.quant import codecs
+from aqrecipe.quant.blocktypes import NEEDS_IMATRIX
 
 
 def round_trip(w: np.ndarray, type_name: str, importance: np.ndarray | None) -> np.ndarray:

@@ -8,9 +8,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..fileio import atomic_path, atomic_write_text
-from ..plan import Plan
-from .measurement import Measurement, layer_of
+from aqrecipe.formats.fileio import atomic_path, atomic_write_text
+from aqrecipe.plan import Plan
+from aqrecipe.planner.measurement import Measurement, layer_of
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ class PlannerReport:
 
         Without matplotlib the PNG is skipped with a warning (the report's numbers are in the
         other two); :meth:`save_png` alone raises instead."""
-        from ..optional import require_or_skip
+        from aqrecipe.optional import require_or_skip
 
         stem = Path(stem)
         md, js, png = stem.with_suffix(".md"), stem.with_suffix(".json"), stem.with_suffix(".png")
@@ -113,7 +113,7 @@ class PlannerReport:
 
     def save_png(self, path: Path) -> None:
         """Stacked bars of bytes per layer, one colour per type, with the layer bpw on top."""
-        from ..optional import require
+        from aqrecipe.optional import require
 
         matplotlib = require("matplotlib", "the planner report's chart")
         matplotlib.use("Agg")

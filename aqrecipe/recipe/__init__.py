@@ -39,9 +39,9 @@ R111   quantization has neither mixture nor default
 R112   value not allowed (other enumerations / schema violations)
 R201   rule matches no tensor (model-aware; the compiler builds it with ``issue_at``)
 R202   model not found (model-aware; the compiler builds it with ``issue_at``)
-R203   imatrix file not found (``validate``, via aqrecipe.preflight)
-R204   calibration text or JSON-lines file not found (``validate``, via aqrecipe.preflight)
-R205   evaluation text file not found (``validate``, via aqrecipe.preflight)
+R203   imatrix file not found (``validate``, via aqrecipe.apply.preflight)
+R204   calibration text or JSON-lines file not found (``validate``, via aqrecipe.apply.preflight)
+R205   evaluation text file not found (``validate``, via aqrecipe.apply.preflight)
 ====== ==========================================================================
 
 This package imports neither torch nor the Rust extension.

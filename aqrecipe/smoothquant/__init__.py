@@ -6,18 +6,18 @@ the norm weight is divided by ``s`` and the linears' input columns multiplied
 by it (an exact equivalence of the float model). The smoothed model is then
 simulated in W8A8 (int8 per-channel weights, int8 per-token or per-tensor
 activations), evaluated against the float model, and written as a
-compressed-tensors ``int-quantized`` checkpoint or a Q8_0 GGUF.
+compressed-tensors ``int-quantized`` checkpoint or a Q8_0 GGUF. The run that
+does all this is :func:`aqrecipe.apply.smoothquant.run_smoothquant`; this
+folder holds the technique (mappings, scales, simulation, analysis).
 
 Importing this package does not import torch.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from .config import SCHEMA_FRAGMENT, GroupSpec, SmoothQuantConfig, SmoothQuantError
-from .mappings import SmoothGroup, resolve_groups
-from .scales import smooth_norm_weight, smoothing_scales, weight_column_max
+from aqrecipe.smoothquant.config import SCHEMA_FRAGMENT, GroupSpec, SmoothQuantConfig, SmoothQuantError
+from aqrecipe.smoothquant.mappings import SmoothGroup, resolve_groups
+from aqrecipe.smoothquant.scales import smooth_norm_weight, smoothing_scales, weight_column_max
 
 __all__ = [
     "SCHEMA_FRAGMENT",
@@ -25,18 +25,8 @@ __all__ = [
     "SmoothGroup",
     "SmoothQuantConfig",
     "SmoothQuantError",
-    "SmoothQuantResult",
     "resolve_groups",
-    "run_smoothquant",
     "smooth_norm_weight",
     "smoothing_scales",
     "weight_column_max",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("run_smoothquant", "SmoothQuantResult"):
-        from . import pipeline
-
-        return getattr(pipeline, name)
-    raise AttributeError(f"module 'aqrecipe.smoothquant' has no attribute {name!r}")

@@ -49,7 +49,7 @@ def save_scales(path: Path, arrays: Mapping[str, np.ndarray], metadata: Mapping[
     """Write the scales file (safetensors, atomic); metadata values are JSON strings."""
     from safetensors.numpy import save_file
 
-    from aqrecipe.fileio import atomic_path
+    from aqrecipe.formats.fileio import atomic_path
 
     with atomic_path(Path(path)) as tmp:
         save_file(dict(sorted(arrays.items())), str(tmp),

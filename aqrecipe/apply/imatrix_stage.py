@@ -1,0 +1,99 @@
+"""The importance-matrix stage of ``apply``: compute or load an imatrix, check it fits.
+
+Types llama.cpp refuses without an importance matrix (IQ2_XXS, IQ1_S, IQ1_M)
+are refused here too unless the recipe says ``allow_without_imatrix: true``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from aqrecipe.errors import ImatrixError
+
+if TYPE_CHECKING:
+    from aqrecipe.imatrix import ImatrixData
+    from aqrecipe.plan import Plan
+    from aqrecipe.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+HOW_TO_GET_ONE = (
+    "add 'imatrix: {type: compute}' to the recipe (computed from the built-in Wikipedia sample), "
+    "or run `aqrecipe imatrix compute MODEL -o imatrix.gguf` and pass --imatrix imatrix.gguf "
+    "(llama.cpp's llama-imatrix files work too); 'quantization.allow_without_imatrix: true' "
+    "overrides the refusal at a cost in quality"
+)
+
+
+def calibration_spec(section: dict[str, Any] | None, recipe: Recipe | None = None) -> Any:
+    """The recipe's ``calibration`` mapping as a :class:`~aqrecipe.calibration.data.CalibrationSpec`."""
+    from aqrecipe.calibration.data import CalibrationSpec
+
+    section = section or {}
+    source = dict(section.get("source") or {"type": "builtin-wiki"})
+    kind = source.pop("type")
+    if "path" in source and recipe is not None:
+        source["path"] = str(recipe.resolve_path(source["path"]))
+    return CalibrationSpec(
+        source=kind,
+        samples=int(section.get("samples", 512)),
+        seq_len=int(section.get("seq_len", 512)),
+        seed=int(section.get("seed", 0)),
+        **source,
+    )
+
+
+def resolve_imatrix(
+    plan: Plan,
+    recipe: Recipe | None,
+    *,
+    imatrix_path: Path | None = None,
+    work_dir: Path | None = None,
+    restart: bool = False,
+    quiet: bool = False,
+    max_memory: int | None = None,
+) -> ImatrixData | None:
+    """The imatrix this run packs with: ``--imatrix`` beats the recipe's section.
+
+    ``max_memory`` (bytes) sizes a computed one's activation cache and batches.
+    Raises :class:`ImatrixError` when the plan needs one and none is given.
+    """
+    from aqrecipe.imatrix import check_against_model, compute_imatrix, load_imatrix
+    from aqrecipe.models import open_model
+
+    section = recipe.stage("imatrix") if recipe is not None else None
+    allow_partial = bool(section and section.get("allow_partial"))
+    data = None
+    if imatrix_path is not None:
+        data = load_imatrix(imatrix_path)
+    elif section and section["type"] == "file":
+        data = load_imatrix(recipe.resolve_path(section["path"]))
+    elif section and section["type"] == "compute":
+        from aqrecipe.calibration.runner import RunnerOptions
+        from aqrecipe.calibration.memory import limited_options
+
+        save = recipe.resolve_path(section["save"]) if section.get("save") else None
+        spec = calibration_spec(section.get("calibration"), recipe)
+        data = compute_imatrix(
+            plan.model_path,
+            spec,
+            work_dir=work_dir / "imatrix" if work_dir else None,
+            output=save,
+            restart=restart,
+            quiet=quiet,
+            options=limited_options(RunnerOptions(), plan.model_path, spec, max_memory),
+        )
+    if data is not None:
+        check_against_model(data, open_model(plan.model_path), allow_partial=allow_partial)
+        return data
+    allowed = recipe is not None and recipe.quantization.allow_without_imatrix
+    if plan.needs_imatrix and not allowed:
+        names = ", ".join(plan.needs_imatrix[:4]) + (" ..." if len(plan.needs_imatrix) > 4 else "")
+        raise ImatrixError(
+            f"{len(plan.needs_imatrix)} tensors use IQ2_XXS/IQ1_S/IQ1_M, which need an importance matrix "
+            f"({names})",
+            hint=HOW_TO_GET_ONE,
+        )
+    return None

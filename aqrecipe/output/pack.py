@@ -1,0 +1,79 @@
+"""Packing: one plan entry's weights -> the bytes written into the GGUF file."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from aqrecipe.quant import codecs
+from aqrecipe.errors import CodecError, NonFiniteWeightError, ShapeMismatchError
+
+if TYPE_CHECKING:
+    from aqrecipe.models import ModelSource
+    from aqrecipe.plan import PlanEntry
+
+
+def pack_entry(
+    source: ModelSource, entry: PlanEntry, importance: np.ndarray | None = None, *, ternary_absmean: bool = False
+) -> np.ndarray:
+    """Read one tensor, apply llama.cpp's layout transforms and encode it.
+
+    Returns a uint8 array of exactly ``entry.n_bytes`` bytes, shaped (rows, row bytes).
+    ``importance`` is the per-column weight (an imatrix row) for types that use it;
+    ``ternary_absmean`` picks the BitNet-style block scale for TQ1_0 / TQ2_0.
+    """
+    weights = np.asarray(source.read_for_gguf(entry.hf_name), dtype=np.float32)
+    row_len = int(entry.shape[-1]) if len(entry.shape) else 0
+    if row_len <= 0 or weights.size % row_len:  # a stale or edited plan: reshape would fail obscurely
+        raise ShapeMismatchError(
+            f"tensor {entry.hf_name} ({entry.gguf_name}): its {weights.size} values do not form rows of "
+            f"{row_len} (the plan's shape {tuple(entry.shape)})",
+            hint="the plan was built for another checkpoint: build the plan again from this model",
+        )
+    rows = weights.reshape(-1, row_len)
+    if entry.type == "F32":  # stored as is: the codecs' NaN/Inf check does not run
+        if not np.isfinite(rows).all():
+            raise non_finite_error(source, entry.hf_name)
+        return np.ascontiguousarray(rows).view(np.uint8)
+    try:
+        packed = codecs.quantize(rows, entry.type, importance, ternary_absmean=ternary_absmean)
+    except NonFiniteWeightError as exc:
+        # The codec counts rows after llama.cpp's transforms; the user needs the checkpoint's own.
+        raise non_finite_error(source, entry.hf_name, fallback=exc) from None
+    except CodecError as exc:  # e.g. a weight beyond F16's range: say which tensor
+        raise type(exc)(f"tensor {entry.hf_name} ({entry.gguf_name}): {exc.message}", hint=exc.hint,
+                        code=exc.code) from None
+    if packed.nbytes != entry.n_bytes:  # the plan and the codec disagree: a bug, not a user error
+        raise AssertionError(f"{entry.gguf_name}: packed {packed.nbytes} bytes, plan says {entry.n_bytes}")
+    return packed
+
+
+def non_finite_error(
+    source: ModelSource, hf_name: str, fallback: NonFiniteWeightError | None = None
+) -> NonFiniteWeightError:
+    """NonFiniteWeightError naming the tensor and the checkpoint row/column of its first NaN/Inf."""
+    info = source.tensor(hf_name)
+    values = source.read(hf_name)  # HF orientation [out, in], as stored in the checkpoint
+    bad = np.flatnonzero(~np.isfinite(values.reshape(-1)))
+    if bad.size == 0:  # non-finite only after a transform: keep the codec's own position
+        where = fallback.message if fallback is not None else "a non-finite value"
+        return NonFiniteWeightError(f"tensor {hf_name} ({info.gguf_name}): {where}", hint=_NON_FINITE_HINT)
+    index = np.unravel_index(int(bad[0]), values.shape)
+    value = float(values[index])
+    shown = "NaN" if np.isnan(value) else ("+Inf" if value > 0 else "-Inf")
+    if len(index) == 2:
+        where = f"row {index[0]}, column {index[1]}"
+    else:
+        where = "index " + ", ".join(str(int(i)) for i in index)
+    return NonFiniteWeightError(
+        f"tensor {hf_name} ({info.gguf_name}) holds {shown} at {where} "
+        f"({bad.size} of its {values.size} values are NaN or Inf)",
+        hint=_NON_FINITE_HINT,
+    )
+
+
+_NON_FINITE_HINT = (
+    "the checkpoint holds NaN/Inf (a damaged download or a diverged training run): download or export "
+    "it again, or repair that tensor (e.g. torch.nan_to_num) before quantizing"
+)

@@ -1,0 +1,1 @@
+"""Quantization's Python face: the block-type table and the Rust codecs that encode and decode it."""
