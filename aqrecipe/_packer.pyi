@@ -28,4 +28,10 @@ def row_bytes(type_name: str, row_len: int) -> int:
     """Bytes of one row of ``row_len`` weights."""
 
 def layouts() -> list[dict[str, Any]]:
-    """The Rust layout table: name, ggml_type_id, block_weights, block_bytes, fields."""
+    """The block layout table, the one home of the block types and their sizes.
+
+    One dict per type, in table order: ``name`` (str), ``ggml_type_id`` (int),
+    ``block_weights`` (int), ``block_bytes`` (int, the sum of the field sizes) and
+    ``fields`` (list of ``(name, bytes)`` tuples). :mod:`aqrecipe.quant.blocktypes`
+    builds ``LAYOUTS`` / ``TYPE_NAMES`` from it.
+    """

@@ -1,4 +1,4 @@
-"""The block layout table: Python == Rust == the gguf package; llama.cpp's fallbacks."""
+"""The block layout table: Python's is Rust's, both == the gguf package; llama.cpp's fallbacks."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import gguf
 import pytest
 
 from aqrecipe import _packer
-from aqrecipe.quant.blocktypes import LAYOUTS, NEEDS_IMATRIX, TYPE_NAMES, fallback_for, fits, layout
+from aqrecipe.quant.blocktypes import _FALLBACK, LAYOUTS, NEEDS_IMATRIX, TYPE_NAMES, fallback_for, fits, layout
 from aqrecipe.errors import UnknownTypeError
 
 
 def test_python_table_equals_rust_table() -> None:
+    """LAYOUTS is built from the Rust table: same types, same order, bytes = the sum of the fields."""
     rust = {d["name"]: d for d in _packer.layouts()}
-    assert list(rust) == list(LAYOUTS)
+    assert list(rust) == list(LAYOUTS) == list(TYPE_NAMES)
     for name, lay in LAYOUTS.items():
         r = rust[name]
         assert r["ggml_type_id"] == lay.ggml_type_id, name
@@ -69,3 +70,7 @@ def test_unknown_type_lists_the_allowed_names() -> None:
 
 def test_needs_imatrix_are_known_types() -> None:
     assert NEEDS_IMATRIX <= set(TYPE_NAMES)
+
+
+def test_fallbacks_name_known_types() -> None:
+    assert set(_FALLBACK) | set(_FALLBACK.values()) <= set(TYPE_NAMES)

@@ -16,6 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aqrecipe.errors import RecipeError
+from aqrecipe.plan.mixtures import MIXTURES as MIXTURE_TABLE
+from aqrecipe.quant.blocktypes import TYPE_NAMES
 from aqrecipe.recipe import (
     CODES,
     EvaluationSpec,
@@ -37,9 +39,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PRESETS = sorted((ROOT / "recipes").glob("*.yaml"))
 BAD = ROOT / "tests" / "recipes_bad"
 
-TYPES = "F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ2_XXS IQ1_S IQ1_M TQ1_0 TQ2_0"
-MIXTURES = ("F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K_S Q4_K_M Q5_K_S Q5_K_M Q6_K Q2_K Q3_K_M IQ2_XXS IQ1_S IQ1_M "
-            "TQ1_0 TQ2_0")
+# The code's tables (the Rust layout table, the mixture table): the schema's static enums must equal them.
+TYPES: tuple[str, ...] = TYPE_NAMES
+MIXTURES: tuple[str, ...] = tuple(MIXTURE_TABLE)
 
 
 def issues_of(path_or_text, source=None) -> list[RecipeIssue]:
@@ -171,8 +173,8 @@ def test_unknown_type_suggestion_and_allowed():
     issue = issues_of(BAD / "unknown_type.yaml")[0]
     assert issue.value == "Q4_KM"
     assert issue.suggestion == "Q4_K"
-    assert issue.allowed == tuple(TYPES.split())
-    assert issue.format().endswith(f"(allowed: {', '.join(TYPES.split())})")
+    assert issue.allowed == TYPES
+    assert issue.format().endswith(f"(allowed: {', '.join(TYPES)})")
     mixture = issues_of(BAD / "unknown_mixture.yaml")[0]
     assert mixture.suggestion == "Q4_K_M"
 
@@ -334,8 +336,10 @@ def test_schema_is_closed_documented_and_lists_names():
     schema = load_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["$schema"].endswith("2020-12/schema")
-    assert type_names() == tuple(TYPES.split())
-    assert mixture_names() == tuple(MIXTURES.split())
+    assert type_names() == TYPES
+    # Same names; the schema lists them in its own order (the one its error messages and docs show).
+    assert sorted(mixture_names()) == sorted(MIXTURES) and len(set(mixture_names())) == len(MIXTURES)
+    assert tuple(schema["$defs"]["planner"]["properties"]["candidates"]["items"]["enum"]) == TYPES
 
     def walk(node, where):
         if isinstance(node, dict):
@@ -373,7 +377,7 @@ def test_import_does_not_pull_torch_or_extension():
 # --- fuzzing ------------------------------------------------------------------------
 
 _scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=False),
-                     st.text(max_size=12), st.sampled_from(TYPES.split() + ["re:(", "re:", "demo", "1"]))
+                     st.text(max_size=12), st.sampled_from(list(TYPES) + ["re:(", "re:", "demo", "1"]))
 _keys = st.sampled_from(["version", "model", "quantization", "mixture", "default", "rules", "match", "type",
                          "evaluation", "output", "chunks", "context", "text", "enabled", "format", "path", "x"])
 _trees = st.recursive(_scalars, lambda kids: st.one_of(st.lists(kids, max_size=4),

@@ -1,15 +1,20 @@
 """Block layouts of the GGUF types aqrecipe writes, llama.cpp's fallbacks and file types.
 
-The same layout table lives in the Rust core (``rust/codecs/src/layout.rs``); a
-test checks that the two agree with each other and with the ``gguf`` package.
+The layout table has one home, the Rust core (``rust/codecs/src/layout.rs``): the
+codecs read their sizes from it and :data:`LAYOUTS` is built from it here through
+``aqrecipe._packer.layouts()``. Only llama.cpp's policy (which types need an
+imatrix, the fallbacks, the file-type labels) is stated in this module; a test
+checks the table against the ``gguf`` package and the recipe schema against it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import gguf
 
+from aqrecipe import _packer
 from aqrecipe.errors import UnknownTypeError
 
 
@@ -35,34 +40,13 @@ class BlockLayout:
         return row_len // self.block_weights * self.block_bytes
 
 
-def _layout(name: str, type_id: int, weights: int, *fields: tuple[str, int]) -> BlockLayout:
-    return BlockLayout(name, type_id, weights, tuple(fields))
+def _from_rust(entry: dict[str, Any]) -> BlockLayout:
+    fields = tuple((str(name), int(size)) for name, size in entry["fields"])
+    return BlockLayout(str(entry["name"]), int(entry["ggml_type_id"]), int(entry["block_weights"]), fields)
 
 
-LAYOUTS: dict[str, BlockLayout] = {
-    layout.name: layout
-    for layout in (
-        _layout("F32", 0, 1, ("value", 4)),
-        _layout("F16", 1, 1, ("value", 2)),
-        _layout("BF16", 30, 1, ("value", 2)),
-        _layout("Q8_0", 8, 32, ("d", 2), ("qs", 32)),
-        _layout("Q4_0", 2, 32, ("d", 2), ("qs", 16)),
-        _layout("Q4_1", 3, 32, ("d", 2), ("m", 2), ("qs", 16)),
-        _layout("Q5_0", 6, 32, ("d", 2), ("qh", 4), ("qs", 16)),
-        _layout("Q5_1", 7, 32, ("d", 2), ("m", 2), ("qh", 4), ("qs", 16)),
-        _layout("Q2_K", 10, 256, ("scales", 16), ("qs", 64), ("d", 2), ("dmin", 2)),
-        _layout("Q3_K", 11, 256, ("hmask", 32), ("qs", 64), ("scales", 12), ("d", 2)),
-        _layout("Q4_K", 12, 256, ("d", 2), ("dmin", 2), ("scales", 12), ("qs", 128)),
-        _layout("Q5_K", 13, 256, ("d", 2), ("dmin", 2), ("scales", 12), ("qh", 32), ("qs", 128)),
-        _layout("Q6_K", 14, 256, ("ql", 128), ("qh", 64), ("scales", 16), ("d", 2)),
-        _layout("IQ4_NL", 20, 32, ("d", 2), ("qs", 16)),
-        _layout("IQ2_XXS", 16, 256, ("d", 2), ("qs", 64)),
-        _layout("IQ1_S", 19, 256, ("d", 2), ("qs", 32), ("qh", 16)),
-        _layout("IQ1_M", 29, 256, ("qs", 32), ("qh", 16), ("scales", 8)),
-        _layout("TQ1_0", 34, 256, ("qs", 48), ("qh", 4), ("d", 2)),
-        _layout("TQ2_0", 35, 256, ("qs", 64), ("d", 2)),
-    )
-}
+#: Every block type by GGML name, in the Rust table's order (the schema's order too).
+LAYOUTS: dict[str, BlockLayout] = {lay.name: lay for lay in map(_from_rust, _packer.layouts())}
 
 TYPE_NAMES: tuple[str, ...] = tuple(LAYOUTS)
 
@@ -114,37 +98,21 @@ def fallback_for(name: str, row_len: int) -> str:
 
 _FT = gguf.LlamaFileType
 
+#: llama.cpp file types that are mixtures with no block type of their own name.
+_MIXTURE_ONLY_FILE_TYPES = ("Q3_K_M", "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M")
+
+#: The ``LLAMA_FTYPE_*`` of a file made of one block type, where it is not ``MOSTLY_<type>``.
+#: A file mostly of Q3_K/Q4_K/Q5_K is the _M mixture: llama_model_loader's label for it
+#: when general.file_type is absent (the only file type llama.cpp itself gives such a file).
+_UNIFORM_FILE_TYPE = {"F32": "ALL_F32", "Q3_K": "MOSTLY_Q3_K_M", "Q4_K": "MOSTLY_Q4_K_M", "Q5_K": "MOSTLY_Q5_K_M"}
+
 #: ``general.file_type`` (llama.h's ``LLAMA_FTYPE_*``) by llama.cpp file-type name, plus the
 #: block types that name no file type. The one table: the plan compiler labels plans with it
-#: and the GGUF writer guesses with it.
+#: and the GGUF writer guesses with it. Built from :data:`TYPE_NAMES` (a block type the
+#: ``gguf`` package has no file type for fails here, at import).
 FILE_TYPES: dict[str, gguf.LlamaFileType] = {
-    "F32": _FT.ALL_F32,
-    "F16": _FT.MOSTLY_F16,
-    "BF16": _FT.MOSTLY_BF16,
-    "Q8_0": _FT.MOSTLY_Q8_0,
-    "Q4_0": _FT.MOSTLY_Q4_0,
-    "Q4_1": _FT.MOSTLY_Q4_1,
-    "Q5_0": _FT.MOSTLY_Q5_0,
-    "Q5_1": _FT.MOSTLY_Q5_1,
-    "Q2_K": _FT.MOSTLY_Q2_K,
-    "Q3_K_M": _FT.MOSTLY_Q3_K_M,
-    "Q4_K_S": _FT.MOSTLY_Q4_K_S,
-    "Q4_K_M": _FT.MOSTLY_Q4_K_M,
-    "Q5_K_S": _FT.MOSTLY_Q5_K_S,
-    "Q5_K_M": _FT.MOSTLY_Q5_K_M,
-    "Q6_K": _FT.MOSTLY_Q6_K,
-    "IQ4_NL": _FT.MOSTLY_IQ4_NL,
-    "IQ2_XXS": _FT.MOSTLY_IQ2_XXS,
-    "IQ1_S": _FT.MOSTLY_IQ1_S,
-    "IQ1_M": _FT.MOSTLY_IQ1_M,
-    "TQ1_0": _FT.MOSTLY_TQ1_0,
-    "TQ2_0": _FT.MOSTLY_TQ2_0,
-    # A file mostly of Q3_K/Q4_K/Q5_K is the _M mixture: llama_model_loader's label for it
-    # when general.file_type is absent (the only file type llama.cpp itself gives such a file).
-    "Q3_K": _FT.MOSTLY_Q3_K_M,
-    "Q4_K": _FT.MOSTLY_Q4_K_M,
-    "Q5_K": _FT.MOSTLY_Q5_K_M,
-}
+    name: _FT[_UNIFORM_FILE_TYPE.get(name, f"MOSTLY_{name}")] for name in TYPE_NAMES
+} | {name: _FT[f"MOSTLY_{name}"] for name in _MIXTURE_ONLY_FILE_TYPES}
 
 
 def file_type_for(name: str) -> gguf.LlamaFileType:

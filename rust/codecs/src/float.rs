@@ -5,7 +5,18 @@
 //! here and ignored.
 
 use crate::half::{bf16_to_f32, f16_to_f32, f32_to_bf16, f32_to_f16};
+use crate::layout::BlockType;
 use crate::EncodeOptions;
+
+const F32_BYTES: usize = BlockType::F32.block_bytes();
+const F16_BYTES: usize = BlockType::F16.block_bytes();
+const BF16_BYTES: usize = BlockType::BF16.block_bytes();
+// One weight per block: the codecs below map a value to a block.
+const _: () = assert!(
+    BlockType::F32.block_weights() == 1
+        && BlockType::F16.block_weights() == 1
+        && BlockType::BF16.block_weights() == 1
+);
 
 pub(crate) fn encode_f32(
     src: &[f32],
@@ -13,13 +24,13 @@ pub(crate) fn encode_f32(
     _opts: &EncodeOptions,
     dst: &mut [u8],
 ) {
-    for (out, v) in dst.chunks_exact_mut(4).zip(src) {
+    for (out, v) in dst.chunks_exact_mut(F32_BYTES).zip(src) {
         out.copy_from_slice(&v.to_le_bytes());
     }
 }
 
 pub(crate) fn decode_f32(src: &[u8], dst: &mut [f32]) {
-    for (v, b) in dst.iter_mut().zip(src.chunks_exact(4)) {
+    for (v, b) in dst.iter_mut().zip(src.chunks_exact(F32_BYTES)) {
         *v = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
     }
 }
@@ -30,13 +41,13 @@ pub(crate) fn encode_f16(
     _opts: &EncodeOptions,
     dst: &mut [u8],
 ) {
-    for (out, v) in dst.chunks_exact_mut(2).zip(src) {
+    for (out, v) in dst.chunks_exact_mut(F16_BYTES).zip(src) {
         out.copy_from_slice(&f32_to_f16(*v).to_le_bytes());
     }
 }
 
 pub(crate) fn decode_f16(src: &[u8], dst: &mut [f32]) {
-    for (v, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+    for (v, b) in dst.iter_mut().zip(src.chunks_exact(F16_BYTES)) {
         *v = f16_to_f32(u16::from_le_bytes([b[0], b[1]]));
     }
 }
@@ -47,13 +58,13 @@ pub(crate) fn encode_bf16(
     _opts: &EncodeOptions,
     dst: &mut [u8],
 ) {
-    for (out, v) in dst.chunks_exact_mut(2).zip(src) {
+    for (out, v) in dst.chunks_exact_mut(BF16_BYTES).zip(src) {
         out.copy_from_slice(&f32_to_bf16(*v).to_le_bytes());
     }
 }
 
 pub(crate) fn decode_bf16(src: &[u8], dst: &mut [f32]) {
-    for (v, b) in dst.iter_mut().zip(src.chunks_exact(2)) {
+    for (v, b) in dst.iter_mut().zip(src.chunks_exact(BF16_BYTES)) {
         *v = bf16_to_f32(u16::from_le_bytes([b[0], b[1]]));
     }
 }

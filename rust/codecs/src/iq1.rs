@@ -20,11 +20,14 @@
 
 use crate::half::f16_to_f32;
 use crate::iq_grids::{ternary_grid, ternary_key, TernaryGrid};
+use crate::layout::BlockType;
 use crate::lowbit_common::{f16_finite, get_f16, prepare_block, put_f16, round_clamp, QK_K};
 
 const DELTA: f32 = 0.125;
-const S_BYTES: usize = 50;
-const M_BYTES: usize = 56;
+const S_BYTES: usize = BlockType::IQ1_S.block_bytes();
+const M_BYTES: usize = BlockType::IQ1_M.block_bytes();
+const S_QH: usize = BlockType::IQ1_S.field("qh").start;
+const M_SCALES: usize = BlockType::IQ1_M.field("scales").start;
 
 #[derive(Clone, Copy, Default)]
 struct Pick {
@@ -226,7 +229,7 @@ pub(crate) fn encode_iq1_s(src: &[f32], importance: Option<&[f32]>, _opts: &crat
                 out[2 + 4 * g + k] = p.idx as u8;
                 qh |= (p.idx >> 8) << (3 * k);
             }
-            out[34 + 2 * g..36 + 2 * g].copy_from_slice(&qh.to_le_bytes());
+            out[S_QH + 2 * g..S_QH + 2 + 2 * g].copy_from_slice(&qh.to_le_bytes());
         }
     }
 }
@@ -236,7 +239,7 @@ pub(crate) fn decode_iq1_s(src: &[u8], dst: &mut [f32]) {
     for (blk, out) in src.chunks_exact(S_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
         let d = get_f16(blk);
         for g in 0..8 {
-            let qh = u16::from_le_bytes([blk[34 + 2 * g], blk[35 + 2 * g]]);
+            let qh = u16::from_le_bytes([blk[S_QH + 2 * g], blk[S_QH + 1 + 2 * g]]);
             let dl = d * (2 * ((qh >> 12) & 7) + 1) as f32;
             let delta = if qh & 0x8000 == 0 { DELTA } else { -DELTA };
             for k in 0..4 {
@@ -271,7 +274,7 @@ pub(crate) fn encode_iq1_m(src: &[f32], importance: Option<&[f32]>, _opts: &crat
         }
         for (i, wd) in words.iter_mut().enumerate() {
             *wd |= ((dbits >> (4 * i)) & 0xF) << 12;
-            out[48 + 2 * i..50 + 2 * i].copy_from_slice(&wd.to_le_bytes());
+            out[M_SCALES + 2 * i..M_SCALES + 2 + 2 * i].copy_from_slice(&wd.to_le_bytes());
         }
     }
 }
@@ -282,7 +285,7 @@ pub(crate) fn decode_iq1_m(src: &[u8], dst: &mut [f32]) {
         let mut words = [0u16; 4];
         let mut dbits = 0u16;
         for (i, wd) in words.iter_mut().enumerate() {
-            *wd = u16::from_le_bytes([blk[48 + 2 * i], blk[49 + 2 * i]]);
+            *wd = u16::from_le_bytes([blk[M_SCALES + 2 * i], blk[M_SCALES + 1 + 2 * i]]);
             dbits |= (*wd >> 12) << (4 * i);
         }
         let d = f16_to_f32(dbits);

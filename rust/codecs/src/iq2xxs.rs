@@ -13,11 +13,12 @@
 //! accounts for), so every scale candidate costs 3 flops per grid point.
 
 use crate::iq_grids::{iq2xxs_grid, KSIGNS};
+use crate::layout::BlockType;
 use crate::lowbit_common::{get_f16, prepare_block, put_f16, QK_K};
 use crate::half::f16_to_f32;
 use crate::lowbit_common::f16_finite;
 
-const BYTES: usize = 66;
+const BYTES: usize = BlockType::IQ2_XXS.block_bytes();
 const SUBS: usize = QK_K / 8;
 
 /// Per-row scratch (allocated once per row, reused for every block).

@@ -8,9 +8,11 @@
 use crate::half::f16_to_f32;
 use crate::legacy::f16_sat;
 use crate::qsearch::{element_weights, nearest_in_table, table_scale};
+use crate::layout::BlockType;
 use crate::EncodeOptions;
 
-const QK: usize = 32;
+const QK: usize = BlockType::IQ4_NL.block_weights();
+const BYTES: usize = BlockType::IQ4_NL.block_bytes();
 
 /// The format's code book (llama.cpp's `kvalues_iq4nl`), ascending.
 pub(crate) const KVALUES: [i8; 16] = [
@@ -31,7 +33,7 @@ pub(crate) fn encode_iq4_nl(
     let mut w = [0.0f32; QK];
     for (b, (x, out)) in src
         .chunks_exact(QK)
-        .zip(dst.chunks_exact_mut(18))
+        .zip(dst.chunks_exact_mut(BYTES))
         .enumerate()
     {
         element_weights(x, importance.map(|imp| &imp[b * QK..(b + 1) * QK]), &mut w);
@@ -47,7 +49,7 @@ pub(crate) fn encode_iq4_nl(
 }
 
 pub(crate) fn decode_iq4_nl(src: &[u8], dst: &mut [f32]) {
-    for (blk, y) in src.chunks_exact(18).zip(dst.chunks_exact_mut(QK)) {
+    for (blk, y) in src.chunks_exact(BYTES).zip(dst.chunks_exact_mut(QK)) {
         let d = f16_to_f32(u16::from_le_bytes([blk[0], blk[1]]));
         for j in 0..QK / 2 {
             y[j] = d * KVALUES[(blk[2 + j] & 0x0f) as usize] as f32;

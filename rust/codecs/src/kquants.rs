@@ -12,15 +12,30 @@
 //! weighted error. Decoders follow the `gguf` package's formulas operation
 //! for operation.
 
+use std::ops::Range;
+
 use crate::half::f16_to_f32;
 use crate::legacy::f16_sat;
 use crate::qsearch::{
     affine_scale, element_weights, for_lanes, lane_sum, round_clamp, round_fast, signed_absmax,
     symmetric_scale, LANES,
 };
+use crate::layout::{shared_block_weights, BlockType};
 use crate::EncodeOptions;
 
-const QK_K: usize = 256;
+/// Weights per super-block of every type here (from the layout table).
+const QK_K: usize = shared_block_weights(&[BlockType::Q4_K, BlockType::Q5_K, BlockType::Q6_K]);
+const Q4K_BYTES: usize = BlockType::Q4_K.block_bytes();
+const Q5K_BYTES: usize = BlockType::Q5_K.block_bytes();
+const Q6K_BYTES: usize = BlockType::Q6_K.block_bytes();
+const Q4K_QS: Range<usize> = BlockType::Q4_K.field("qs");
+const Q5K_QS: Range<usize> = BlockType::Q5_K.field("qs");
+const Q6K_QL: Range<usize> = BlockType::Q6_K.field("ql");
+const Q6K_QH: Range<usize> = BlockType::Q6_K.field("qh");
+const Q6K_SCALES: Range<usize> = BlockType::Q6_K.field("scales");
+const Q6K_D: Range<usize> = BlockType::Q6_K.field("d");
+// pack_q6 splits the block into ql and qh: they lead it, in that order.
+const _: () = assert!(Q6K_QL.start == 0 && Q6K_QH.start == Q6K_QL.end);
 
 #[inline]
 fn read_f16(b: &[u8]) -> f32 {
@@ -175,7 +190,7 @@ pub(crate) fn encode_q4_k(
 ) {
     for (b, (x, out)) in src
         .chunks_exact(QK_K)
-        .zip(dst.chunks_exact_mut(144))
+        .zip(dst.chunks_exact_mut(Q4K_BYTES))
         .enumerate()
     {
         let w = super_block_weights(x, importance, b);
@@ -183,15 +198,15 @@ pub(crate) fn encode_q4_k(
         out[0..2].copy_from_slice(&s.d.to_le_bytes());
         out[2..4].copy_from_slice(&s.dmin.to_le_bytes());
         pack_scales(&s.sc, &s.mn, &mut out[4..16]);
-        pack_q4(&s.q, &mut out[16..144]);
+        pack_q4(&s.q, &mut out[Q4K_QS]);
     }
 }
 
 pub(crate) fn decode_q4_k(src: &[u8], dst: &mut [f32]) {
     let mut q = [0u8; QK_K];
-    for (blk, y) in src.chunks_exact(144).zip(dst.chunks_exact_mut(QK_K)) {
+    for (blk, y) in src.chunks_exact(Q4K_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
         let (sc, mn) = unpack_scales(&blk[4..16]);
-        unpack_q4(&blk[16..144], &mut q);
+        unpack_q4(&blk[Q4K_QS], &mut q);
         decode_affine(read_f16(blk), read_f16(&blk[2..]), &sc, &mn, &q, y);
     }
 }
@@ -204,7 +219,7 @@ pub(crate) fn encode_q5_k(
 ) {
     for (b, (x, out)) in src
         .chunks_exact(QK_K)
-        .zip(dst.chunks_exact_mut(176))
+        .zip(dst.chunks_exact_mut(Q5K_BYTES))
         .enumerate()
     {
         let w = super_block_weights(x, importance, b);
@@ -216,15 +231,15 @@ pub(crate) fn encode_q5_k(
         for b in 0..32 {
             out[16 + b] = (0..8).fold(0u8, |h, j| h | (((s.q[32 * j + b] >> 4) & 1) << j));
         }
-        pack_q4(&s.q, &mut out[48..176]);
+        pack_q4(&s.q, &mut out[Q5K_QS]);
     }
 }
 
 pub(crate) fn decode_q5_k(src: &[u8], dst: &mut [f32]) {
     let mut q = [0u8; QK_K];
-    for (blk, y) in src.chunks_exact(176).zip(dst.chunks_exact_mut(QK_K)) {
+    for (blk, y) in src.chunks_exact(Q5K_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
         let (sc, mn) = unpack_scales(&blk[4..16]);
-        unpack_q4(&blk[48..176], &mut q);
+        unpack_q4(&blk[Q5K_QS], &mut q);
         for j in 0..8 {
             for b in 0..32 {
                 q[32 * j + b] |= ((blk[16 + b] >> j) & 1) << 4;
@@ -259,7 +274,7 @@ pub(crate) fn encode_q6_k(
 ) {
     for (b, (x, out)) in src
         .chunks_exact(QK_K)
-        .zip(dst.chunks_exact_mut(210))
+        .zip(dst.chunks_exact_mut(Q6K_BYTES))
         .enumerate()
     {
         let w = super_block_weights(x, importance, b);
@@ -295,8 +310,7 @@ pub(crate) fn encode_q6_k(
 /// Layout per 128-weight half h: ql[64h + i] low nibble = weight i, high nibble
 /// = weight i + 64; qh[32h + i] bits 2s..2s+2 = top bits of weight 32s + i.
 fn pack_q6(q: &[u8; QK_K], sc: &[i8; 16], dbits: u16, out: &mut [u8]) {
-    let (ql, rest) = out.split_at_mut(128);
-    let (qh, rest) = rest.split_at_mut(64);
+    let (ql, qh) = out[..Q6K_QH.end].split_at_mut(Q6K_QH.start);
     for h in 0..2 {
         let q = &q[128 * h..128 * (h + 1)];
         for i in 0..64 {
@@ -306,16 +320,16 @@ fn pack_q6(q: &[u8; QK_K], sc: &[i8; 16], dbits: u16, out: &mut [u8]) {
             qh[32 * h + i] = (0..4).fold(0u8, |acc, s| acc | ((q[32 * s + i] >> 4) << (2 * s)));
         }
     }
-    for (o, &s) in rest[..16].iter_mut().zip(sc) {
+    for (o, &s) in out[Q6K_SCALES].iter_mut().zip(sc) {
         *o = s as u8;
     }
-    rest[16..18].copy_from_slice(&dbits.to_le_bytes());
+    out[Q6K_D].copy_from_slice(&dbits.to_le_bytes());
 }
 
 pub(crate) fn decode_q6_k(src: &[u8], dst: &mut [f32]) {
-    for (blk, y) in src.chunks_exact(210).zip(dst.chunks_exact_mut(QK_K)) {
-        let (ql, qh, scales) = (&blk[..128], &blk[128..192], &blk[192..208]);
-        let d = read_f16(&blk[208..]);
+    for (blk, y) in src.chunks_exact(Q6K_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
+        let (ql, qh, scales) = (&blk[Q6K_QL], &blk[Q6K_QH], &blk[Q6K_SCALES]);
+        let d = read_f16(&blk[Q6K_D]);
         for h in 0..2 {
             for i in 0..128 {
                 let low = (ql[64 * h + i % 64] >> (4 * (i / 64))) & 0x0f;

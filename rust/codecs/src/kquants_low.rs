@@ -13,10 +13,14 @@
 
 use crate::lowbit_common::{fit_affine, fit_symmetric, get_f16, prepare_block, put_f16, round_codes, QK_K};
 use crate::half::{f16_to_f32};
+use crate::layout::BlockType;
 use crate::lowbit_common::{f16_finite, round_clamp};
 
-const Q2K_BYTES: usize = 84;
-const Q3K_BYTES: usize = 110;
+const Q2K_BYTES: usize = BlockType::Q2_K.block_bytes();
+const Q3K_BYTES: usize = BlockType::Q3_K.block_bytes();
+const Q2K_D: usize = BlockType::Q2_K.field("d").start;
+const Q2K_DMIN: usize = BlockType::Q2_K.field("dmin").start;
+const Q3K_D: usize = BlockType::Q3_K.field("d").start;
 
 #[inline]
 fn code_pos(e: usize) -> (usize, u32) {
@@ -112,13 +116,13 @@ fn encode_q2_k_block(src: &[f32], imp: Option<&[f32]>, x: &mut [f32; QK_K], w: &
         let (byte, shift) = code_pos(e);
         dst[16 + byte] |= qe << shift;
     }
-    put_f16(&mut dst[80..], d * amax);
-    put_f16(&mut dst[82..], dmin * amax);
+    put_f16(&mut dst[Q2K_D..], d * amax);
+    put_f16(&mut dst[Q2K_DMIN..], dmin * amax);
 }
 
 pub(crate) fn decode_q2_k(src: &[u8], dst: &mut [f32]) {
     for (blk, out) in src.chunks_exact(Q2K_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
-        let (d, dmin) = (get_f16(&blk[80..]), get_f16(&blk[82..]));
+        let (d, dmin) = (get_f16(&blk[Q2K_D..]), get_f16(&blk[Q2K_DMIN..]));
         for (e, o) in out.iter_mut().enumerate() {
             let s = blk[e / 16];
             let (byte, shift) = code_pos(e);
@@ -200,12 +204,12 @@ fn encode_q3_k_block(src: &[f32], imp: Option<&[f32]>, x: &mut [f32; QK_K], w: &
         dst[96 + i % 8] |= (v & 0xF) << (4 * (i / 8));
         dst[96 + 8 + i % 4] |= (v >> 4) << (2 * (i / 4));
     }
-    put_f16(&mut dst[108..], d * amax);
+    put_f16(&mut dst[Q3K_D..], d * amax);
 }
 
 pub(crate) fn decode_q3_k(src: &[u8], dst: &mut [f32]) {
     for (blk, out) in src.chunks_exact(Q3K_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
-        let d = get_f16(&blk[108..]);
+        let d = get_f16(&blk[Q3K_D..]);
         let mut dl = [0f32; 16];
         for (i, v) in dl.iter_mut().enumerate() {
             let lo = (blk[96 + i % 8] >> (4 * (i / 8))) & 0xF;

@@ -1,6 +1,8 @@
 //! The one table of block layouts: weights per block and bytes as a sum of
-//! named fields. Python's `aqrecipe.blocktypes` holds the same table and a test
-//! checks that both agree (and agree with the `gguf` package).
+//! named fields. Every codec takes its block weights, block bytes and field
+//! offsets from here (`const` lookups, so they compile to the same constants);
+//! Python's `aqrecipe.quant.blocktypes` builds its table from this one through
+//! `aqrecipe._packer.layouts()`, and a test checks it against the `gguf` package.
 
 use crate::error::CodecError;
 
@@ -74,9 +76,72 @@ pub const LAYOUTS: &[BlockLayout] = &[
     layout!(TQ2_0, 35, 256, [("qs", 64), ("d", 2)]),
 ];
 
+/// `a == b` for `&str`, usable in `const` context.
+const fn str_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The weights per block shared by all of `types` (a compile error in `const` context if
+/// they differ): the block length of a codec module that serves several types.
+pub(crate) const fn shared_block_weights(types: &[BlockType]) -> usize {
+    let n = types[0].block_weights();
+    let mut i = 1;
+    while i < types.len() {
+        assert!(types[i].block_weights() == n, "types of one codec module differ in block weights");
+        i += 1;
+    }
+    n
+}
+
 impl BlockType {
-    pub fn layout(self) -> &'static BlockLayout {
-        LAYOUTS.iter().find(|l| l.block_type == self).expect("every BlockType has a layout")
+    /// This type's entry of [`LAYOUTS`].
+    pub const fn layout(self) -> &'static BlockLayout {
+        let mut i = 0;
+        while i < LAYOUTS.len() {
+            if LAYOUTS[i].block_type as u8 == self as u8 {
+                return &LAYOUTS[i];
+            }
+            i += 1;
+        }
+        panic!("every BlockType has a layout")
+    }
+
+    /// Weights per block (1 for the float types).
+    pub const fn block_weights(self) -> usize {
+        self.layout().block_weights
+    }
+
+    /// Bytes per block: the sum of its fields.
+    pub const fn block_bytes(self) -> usize {
+        self.layout().block_bytes
+    }
+
+    /// Byte range of the field `name` inside one block (a compile error in `const`
+    /// context if the layout has no such field).
+    pub const fn field(self, name: &str) -> core::ops::Range<usize> {
+        let fields = self.layout().fields;
+        let mut start = 0;
+        let mut i = 0;
+        while i < fields.len() {
+            let (field, size) = fields[i];
+            if str_eq(field, name) {
+                return start..start + size;
+            }
+            start += size;
+            i += 1;
+        }
+        panic!("no such field in this block layout")
     }
 
     pub fn name(self) -> &'static str {
@@ -116,6 +181,30 @@ mod tests {
         assert_eq!(BlockType::IQ1_S.bits_per_weight(), 1.5625);
         assert_eq!(BlockType::IQ1_M.bits_per_weight(), 1.75);
         assert_eq!(BlockType::TQ1_0.bits_per_weight(), 1.6875);
+    }
+
+    #[test]
+    fn every_type_has_its_own_entry() {
+        for l in LAYOUTS {
+            assert_eq!(l.block_type.layout().name, l.name);
+            assert_eq!(l.block_type.block_bytes(), l.fields.iter().map(|f| f.1).sum::<usize>());
+            assert_eq!(BlockType::from_name(l.name).unwrap(), l.block_type);
+        }
+    }
+
+    #[test]
+    fn field_ranges_tile_the_block() {
+        assert_eq!(BlockType::Q4_K.field("d"), 0..2);
+        assert_eq!(BlockType::Q4_K.field("qs"), 16..144);
+        assert_eq!(BlockType::Q6_K.field("d"), 208..210);
+        for l in LAYOUTS {
+            let mut end = 0;
+            for &(name, size) in l.fields {
+                assert_eq!(l.block_type.field(name), end..end + size, "{} {name}", l.name);
+                end += size;
+            }
+            assert_eq!(end, l.block_bytes, "{}", l.name);
+        }
     }
 
     #[test]

@@ -12,9 +12,22 @@
 
 use crate::half::{f16_to_f32, f32_to_f16};
 use crate::qsearch::{affine_scale, element_weights, round_clamp, signed_absmax, symmetric_scale};
+use crate::layout::{shared_block_weights, BlockType};
 use crate::EncodeOptions;
 
-const QK: usize = 32;
+/// Weights per block of every type here (from the layout table).
+const QK: usize = shared_block_weights(&[
+    BlockType::Q8_0,
+    BlockType::Q4_0,
+    BlockType::Q4_1,
+    BlockType::Q5_0,
+    BlockType::Q5_1,
+]);
+const Q8_0_BYTES: usize = BlockType::Q8_0.block_bytes();
+const Q4_0_BYTES: usize = BlockType::Q4_0.block_bytes();
+const Q4_1_BYTES: usize = BlockType::Q4_1.block_bytes();
+const Q5_0_BYTES: usize = BlockType::Q5_0.block_bytes();
+const Q5_1_BYTES: usize = BlockType::Q5_1.block_bytes();
 
 /// f16 bits of `v`, saturated to the largest finite half.
 #[inline]
@@ -98,7 +111,7 @@ pub(crate) fn encode_q8_0(
 ) {
     for (b, (x, out)) in src
         .chunks_exact(QK)
-        .zip(dst.chunks_exact_mut(34))
+        .zip(dst.chunks_exact_mut(Q8_0_BYTES))
         .enumerate()
     {
         let (dbits, id) = match block_weights(x, importance, b) {
@@ -120,7 +133,7 @@ pub(crate) fn encode_q8_0(
 }
 
 pub(crate) fn decode_q8_0(src: &[u8], dst: &mut [f32]) {
-    for (blk, y) in src.chunks_exact(34).zip(dst.chunks_exact_mut(QK)) {
+    for (blk, y) in src.chunks_exact(Q8_0_BYTES).zip(dst.chunks_exact_mut(QK)) {
         let d = read_f16(blk);
         for (o, &q) in y.iter_mut().zip(&blk[2..]) {
             *o = q as i8 as f32 * d;
@@ -159,7 +172,7 @@ pub(crate) fn encode_q4_0(
     let mut q = [0u8; QK];
     for (b, (x, out)) in src
         .chunks_exact(QK)
-        .zip(dst.chunks_exact_mut(18))
+        .zip(dst.chunks_exact_mut(Q4_0_BYTES))
         .enumerate()
     {
         let d = encode_symmetric_block(x, block_weights(x, importance, b), 8, &mut q);
@@ -170,7 +183,7 @@ pub(crate) fn encode_q4_0(
 
 pub(crate) fn decode_q4_0(src: &[u8], dst: &mut [f32]) {
     let mut q = [0u8; QK];
-    for (blk, y) in src.chunks_exact(18).zip(dst.chunks_exact_mut(QK)) {
+    for (blk, y) in src.chunks_exact(Q4_0_BYTES).zip(dst.chunks_exact_mut(QK)) {
         let d = read_f16(blk);
         unpack_nibbles(&blk[2..], &mut q);
         for (o, &c) in y.iter_mut().zip(&q) {
@@ -188,7 +201,7 @@ pub(crate) fn encode_q5_0(
     let mut q = [0u8; QK];
     for (b, (x, out)) in src
         .chunks_exact(QK)
-        .zip(dst.chunks_exact_mut(22))
+        .zip(dst.chunks_exact_mut(Q5_0_BYTES))
         .enumerate()
     {
         let d = encode_symmetric_block(x, block_weights(x, importance, b), 16, &mut q);
@@ -200,7 +213,7 @@ pub(crate) fn encode_q5_0(
 
 pub(crate) fn decode_q5_0(src: &[u8], dst: &mut [f32]) {
     let mut q = [0u8; QK];
-    for (blk, y) in src.chunks_exact(22).zip(dst.chunks_exact_mut(QK)) {
+    for (blk, y) in src.chunks_exact(Q5_0_BYTES).zip(dst.chunks_exact_mut(QK)) {
         let d = read_f16(blk);
         unpack_five_bits(&blk[2..6], &blk[6..], &mut q);
         for (o, &c) in y.iter_mut().zip(&q) {
@@ -246,7 +259,7 @@ pub(crate) fn encode_q4_1(
     let mut q = [0u8; QK];
     for (b, (x, out)) in src
         .chunks_exact(QK)
-        .zip(dst.chunks_exact_mut(20))
+        .zip(dst.chunks_exact_mut(Q4_1_BYTES))
         .enumerate()
     {
         let (d, m) = encode_affine_block(x, block_weights(x, importance, b), 15, &mut q);
@@ -258,7 +271,7 @@ pub(crate) fn encode_q4_1(
 
 pub(crate) fn decode_q4_1(src: &[u8], dst: &mut [f32]) {
     let mut q = [0u8; QK];
-    for (blk, y) in src.chunks_exact(20).zip(dst.chunks_exact_mut(QK)) {
+    for (blk, y) in src.chunks_exact(Q4_1_BYTES).zip(dst.chunks_exact_mut(QK)) {
         let (d, m) = (read_f16(blk), read_f16(&blk[2..]));
         unpack_nibbles(&blk[4..], &mut q);
         for (o, &c) in y.iter_mut().zip(&q) {
@@ -276,7 +289,7 @@ pub(crate) fn encode_q5_1(
     let mut q = [0u8; QK];
     for (b, (x, out)) in src
         .chunks_exact(QK)
-        .zip(dst.chunks_exact_mut(24))
+        .zip(dst.chunks_exact_mut(Q5_1_BYTES))
         .enumerate()
     {
         let (d, m) = encode_affine_block(x, block_weights(x, importance, b), 31, &mut q);
@@ -289,7 +302,7 @@ pub(crate) fn encode_q5_1(
 
 pub(crate) fn decode_q5_1(src: &[u8], dst: &mut [f32]) {
     let mut q = [0u8; QK];
-    for (blk, y) in src.chunks_exact(24).zip(dst.chunks_exact_mut(QK)) {
+    for (blk, y) in src.chunks_exact(Q5_1_BYTES).zip(dst.chunks_exact_mut(QK)) {
         let (d, m) = (read_f16(blk), read_f16(&blk[2..]));
         unpack_five_bits(&blk[4..8], &blk[8..], &mut q);
         for (o, &c) in y.iter_mut().zip(&q) {

@@ -2,8 +2,18 @@
 //! weights, f16 scale storage and small weighted least-squares fits.
 
 use crate::half::f32_to_f16;
+use crate::layout::{shared_block_weights, BlockType};
 
-pub(crate) const QK_K: usize = 256;
+/// Weights per super-block of every low-bit type (from the layout table).
+pub(crate) const QK_K: usize = shared_block_weights(&[
+    BlockType::Q2_K,
+    BlockType::Q3_K,
+    BlockType::IQ2_XXS,
+    BlockType::IQ1_S,
+    BlockType::IQ1_M,
+    BlockType::TQ1_0,
+    BlockType::TQ2_0,
+]);
 const F16_MAX: f32 = 65504.0;
 
 /// f32 -> f16 bits, clamped to the finite range so a stored scale never decodes to inf.

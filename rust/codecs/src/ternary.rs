@@ -11,10 +11,13 @@
 //! nonzero set is the k largest |x|, so it scans k over the sorted block.
 //! `ternary_absmean` uses d = (importance-weighted) mean |x| (BitNet b1.58).
 
+use crate::layout::BlockType;
 use crate::lowbit_common::{get_f16, put_f16, QK_K};
 
-const TQ1_BYTES: usize = 54;
-const TQ2_BYTES: usize = 66;
+const TQ1_BYTES: usize = BlockType::TQ1_0.block_bytes();
+const TQ2_BYTES: usize = BlockType::TQ2_0.block_bytes();
+const TQ1_D: usize = BlockType::TQ1_0.field("d").start;
+const TQ2_D: usize = BlockType::TQ2_0.field("d").start;
 
 /// Ternary codes of one block and the scale to store.
 fn ternary_block(x: &[f32], imp: Option<&[f32]>, absmean: bool, q: &mut [i8; QK_K]) -> f32 {
@@ -82,13 +85,13 @@ pub(crate) fn encode_tq2_0(src: &[f32], importance: Option<&[f32]>, opts: &crate
         for (e, &qe) in q.iter().enumerate() {
             out[32 * (e / 128) + e % 32] |= ((qe + 1) as u8) << (2 * ((e % 128) / 32));
         }
-        put_f16(&mut out[64..], d);
+        put_f16(&mut out[TQ2_D..], d);
     }
 }
 
 pub(crate) fn decode_tq2_0(src: &[u8], dst: &mut [f32]) {
     for (blk, out) in src.chunks_exact(TQ2_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
-        let d = get_f16(&blk[64..]);
+        let d = get_f16(&blk[TQ2_D..]);
         for (e, o) in out.iter_mut().enumerate() {
             let code = (blk[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
             *o = d * (code as i32 - 1) as f32;
@@ -122,13 +125,13 @@ pub(crate) fn encode_tq1_0(src: &[f32], importance: Option<&[f32]>, opts: &crate
         for (o, &a) in out.iter_mut().zip(acc.iter()) {
             *o = ((a * 256 + 242) / 243) as u8;
         }
-        put_f16(&mut out[52..], d);
+        put_f16(&mut out[TQ1_D..], d);
     }
 }
 
 pub(crate) fn decode_tq1_0(src: &[u8], dst: &mut [f32]) {
     for (blk, out) in src.chunks_exact(TQ1_BYTES).zip(dst.chunks_exact_mut(QK_K)) {
-        let d = get_f16(&blk[52..]);
+        let d = get_f16(&blk[TQ1_D..]);
         for (e, o) in out.iter_mut().enumerate() {
             let (byte, k) = tq1_pos(e);
             let v = blk[byte].wrapping_mul(POW3[k] as u8) as u16;
