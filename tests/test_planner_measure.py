@@ -12,7 +12,8 @@ from aqrecipe.models import open_model
 from aqrecipe.plan import compile_plan
 from aqrecipe.planner import (MeasurementSpec, PlannerSpec, SCHEMA_FRAGMENT, as_plan_spec, measure, plan_dynamic,
                               spearman)
-from aqrecipe.planner.measurement import Measurement, candidate_types, role_of
+from aqrecipe.models.tensor_names import role_of
+from aqrecipe.planner.measurement import Measurement, candidate_types
 from aqrecipe.planner.proxy import proxy_error
 
 CANDS = ("Q2_K", "Q4_K", "Q8_0", "Q4_0")

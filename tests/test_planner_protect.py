@@ -49,7 +49,7 @@ def test_protection_and_planner_meet_the_target_on_a_tiny_model(tiny_llama_dir: 
     from test_super_weights import _variant
 
     from aqrecipe.plan.from_recipe import plan_from_recipe
-    from aqrecipe.planner.measurement import tensor_bytes
+    from aqrecipe.quant.sizes import tensor_bytes
     from aqrecipe.recipe import load_recipe
     from aqrecipe.apply.stages import replan, run_stages
 

@@ -71,7 +71,7 @@ def test_simulated_weights_equal_the_dequantized_gguf(planted, tmp_path):
     from aqrecipe.output.plan_gguf import write_plan_gguf
     from aqrecipe.quant.codecs import dequantize
     from aqrecipe.models import open_model
-    from aqrecipe.models.transforms import permute_rope_rows
+    from aqrecipe.models import permute_rope_rows
 
     plan = _plan(planted, "Q4_0", [("blk.0.attn_q.weight", "Q8_0"), ("blk.1.attn_k.weight", "Q5_1"),
                                    ("blk.0.ffn_up.weight", "IQ4_NL"), ("blk.1.ffn_down.weight", "F16")])

@@ -6,10 +6,10 @@ import time
 from pathlib import Path
 
 from aqrecipe.apply.options import ApplyOptions, ApplyResult, default_work_dir
-from aqrecipe.apply.simulate import checked_source, prepare, simulated_tensors
+from aqrecipe.apply.simulate import prepare, simulated_tensors
 from aqrecipe.evaluate import evaluate
 from aqrecipe.output.safetensors import write_hf_folder
-from aqrecipe.plan import Plan
+from aqrecipe.plan import Plan, checked_source
 from aqrecipe.recipe import Recipe
 
 

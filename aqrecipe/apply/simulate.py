@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from aqrecipe.errors import PlanError
+from aqrecipe.plan import checked_source
 
 if TYPE_CHECKING:
     from aqrecipe.importance import SuperWeight
@@ -34,36 +34,12 @@ log = logging.getLogger(__name__)
 RESTORE_ENTRY_BYTES = 8
 
 
-def checked_source(plan: Plan) -> ModelSource:
-    """The plan's model, refused when it changed since the plan was compiled."""
-    from aqrecipe.models import open_model
-
-    source = open_model(plan.model_path)
-    if source.fingerprint() != plan.model_fingerprint:
-        raise PlanError(
-            f"the model at {plan.model_path} changed since the plan was compiled",
-            hint="recompile the recipe (aqrecipe compile) and apply the new plan",
-        )
-    return source
-
-
-def _to_hf_layout(source: ModelSource, entry: PlanEntry, w: np.ndarray) -> np.ndarray:
-    """Undo the llama.cpp transforms :meth:`ModelSource.read_for_gguf` applied."""
-    from aqrecipe.models.transforms import unpermute_rope_rows
-
-    if source.arch.spec.permute_qk and entry.gguf_name.startswith("blk."):
-        if ".attn_q." in entry.gguf_name:
-            return unpermute_rope_rows(w, source.arch.n_head)
-        if ".attn_k." in entry.gguf_name:
-            return unpermute_rope_rows(w, source.arch.n_head_kv)
-    return w
-
-
 def simulated_tensor(source: ModelSource, entry: PlanEntry, importance: np.ndarray | None = None, *,
                      ternary_absmean: bool = False, super_weights: Iterable[SuperWeight] = ()) -> np.ndarray:
     """One tensor as the GGUF holds it, dequantized to float32, HF orientation, super weights restored."""
     from aqrecipe.quant import codecs
     from aqrecipe.importance import restore_super_weights
+    from aqrecipe.models.tensor_names import to_hf_layout
     from aqrecipe.output.pack import pack_entry
 
     if entry.type == "F32":
@@ -71,7 +47,7 @@ def simulated_tensor(source: ModelSource, entry: PlanEntry, importance: np.ndarr
     else:
         packed = pack_entry(source, entry, importance, ternary_absmean=ternary_absmean)
         rows = (int(np.prod(entry.shape[:-1])), entry.shape[-1])
-        w = _to_hf_layout(source, entry, codecs.dequantize(packed, entry.type, rows).reshape(entry.shape))
+        w = to_hf_layout(source.arch, entry.gguf_name, codecs.dequantize(packed, entry.type, rows).reshape(entry.shape))
     mine = [sw for sw in super_weights if entry.gguf_name == sw.tensor or entry.hf_name == sw.hf_name]
     return restore_super_weights({entry.hf_name: w}, mine)[entry.hf_name] if mine else w
 

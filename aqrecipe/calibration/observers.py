@@ -15,20 +15,12 @@ own by subclassing :class:`LinearObserver`.
 
 from __future__ import annotations
 
-import re
 from typing import Mapping
 
 import numpy as np
 
 from aqrecipe.calibration.stats import Backend, ChannelStats, update_absmax
-
-_BLOCK_RE = re.compile(r"^blk\.(\d+)\.")
-
-
-def layer_of(gguf_name: str) -> int | None:
-    m = _BLOCK_RE.match(gguf_name)
-    return int(m.group(1)) if m else None
-
+from aqrecipe.models.tensor_names import layer_of
 
 class LinearObserver:
     """Base class. ``key`` names the observer's arrays in checkpoints (must be unique)."""

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import numpy as np
 
 from aqrecipe.imatrix.data import ImatrixData
-
-_BLK = re.compile(r"^blk\.(\d+)\.")
-
+from aqrecipe.models.tensor_names import layer_of
 
 def _order(name: str) -> tuple[int, str]:
-    m = _BLK.match(name)
-    return (int(m.group(1)) if m else 1 << 30, name)
+    layer = layer_of(name)
+    return (1 << 30 if layer is None else layer, name)
 
 
 def summarize_imatrix(data: ImatrixData) -> tuple[dict[str, Any], str]:
@@ -23,10 +20,9 @@ def summarize_imatrix(data: ImatrixData) -> tuple[dict[str, Any], str]:
     for name in sorted(data.entries, key=_order):
         e = data.entries[name]
         imp = np.asarray(e.importance(), dtype=np.float64)
-        m = _BLK.match(name)
         rows.append({
             "tensor": name,
-            "layer": int(m.group(1)) if m else None,
+            "layer": layer_of(name),
             "n_cols": e.n_cols,
             "n_mat": e.n_mat,
             "counts": float(e.counts.max()) if e.counts.size else 0.0,

@@ -21,6 +21,7 @@ import numpy as np
 
 from aqrecipe.importance.config import DetectSpec
 from aqrecipe.importance.model import SuperWeight
+from aqrecipe.models.tensor_names import layer_of
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,9 @@ class DownWeights:
         self.source = source
         self.names = {}
         for t in source.tensors:
-            if t.gguf_name.startswith("blk.") and t.gguf_name.endswith(".ffn_down.weight"):
-                self.names[int(t.gguf_name.split(".")[1])] = (t.gguf_name, t.hf_name)
+            layer = layer_of(t.gguf_name)
+            if layer is not None and t.gguf_name.endswith(".ffn_down.weight"):
+                self.names[layer] = (t.gguf_name, t.hf_name)
         self._cache: dict[int, np.ndarray] = {}
 
     def read(self, layer: int) -> np.ndarray:

@@ -18,6 +18,7 @@ from aqrecipe.importance.config import DetectSpec
 from aqrecipe.importance.gradient import GradientResult, gradient_saliency
 from aqrecipe.importance.model import NO_SUPER_WEIGHT, ImportanceMatrix, SuperWeight
 from aqrecipe.importance.scores import combine_scores, imatrix_tensor_scores
+from aqrecipe.models.tensor_names import layer_of
 
 
 def detection_windows(source: Any, spec: DetectSpec) -> np.ndarray:
@@ -38,7 +39,7 @@ def gradient_candidates(grad: GradientResult, weights: DownWeights, spec: Detect
         ratio = peak / med if med > 0 else 0.0
         if ratio < spec.gradient_ratio:
             continue
-        layer = int(name.split(".")[1])
+        layer = layer_of(name)
         row, col, value = grad.tensor_argmax[name]
         z = weight_z(weights.read(layer), value)
         if z >= spec.min_weight_z:

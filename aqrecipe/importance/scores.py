@@ -8,17 +8,11 @@ tensor were removed). Each metric also comes normalised to sum 1 over tensors
 
 from __future__ import annotations
 
-import re
 from typing import Any, Mapping
 
 import numpy as np
 
-_LAYER = re.compile(r"^blk\.(\d+)\.")
-
-
-def layer_of(name: str) -> int | None:
-    m = _LAYER.match(name)
-    return int(m.group(1)) if m else None
+from aqrecipe.models.tensor_names import layer_of
 
 
 def imatrix_tensor_scores(imatrix: Any) -> dict[str, float]:

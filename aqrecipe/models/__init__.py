@@ -7,7 +7,7 @@ model does.
 from aqrecipe.models.architectures import ARCHITECTURES, ArchInfo, supported_model_types
 from aqrecipe.models.demo import demo_dir, materialize_demo
 from aqrecipe.models.source import ModelSource, TensorInfo, open_folder, open_model
-from aqrecipe.models.transforms import permute_rope_rows, unpermute_rope_rows
+from aqrecipe.models.tensor_names import hf_layer_of, layer_of, permute_rope_rows, role_of, unpermute_rope_rows
 
 __all__ = [
     "ARCHITECTURES",
@@ -15,10 +15,13 @@ __all__ = [
     "ModelSource",
     "TensorInfo",
     "demo_dir",
+    "hf_layer_of",
+    "layer_of",
     "materialize_demo",
     "open_folder",
     "open_model",
     "permute_rope_rows",
+    "role_of",
     "supported_model_types",
     "unpermute_rope_rows",
 ]

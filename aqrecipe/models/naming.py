@@ -6,11 +6,10 @@ the shape each tensor kind must have under a given config, and the order.
 
 from __future__ import annotations
 
-import re
-
 import gguf
 
 from aqrecipe.models.architectures import ArchInfo
+from aqrecipe.models.tensor_names import layer_of
 
 #: HF tensors that are buffers, not weights (recomputed by every runtime).
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -57,16 +56,13 @@ class NameMapper:
         return shape
 
 
-_BLOCK = re.compile(r"^blk\.(\d+)\.")
-
-
 def gguf_order_key(gguf_name: str) -> tuple:
     """token_embd, blk.0 .. blk.N (by name within a block), output_norm, output, others."""
     if gguf_name.startswith("token_embd."):
         return (0, 0, gguf_name)
-    match = _BLOCK.match(gguf_name)
-    if match:
-        return (1, int(match.group(1)), gguf_name)
+    layer = layer_of(gguf_name)
+    if layer is not None:
+        return (1, layer, gguf_name)
     if gguf_name.startswith("output_norm."):
         return (2, 0, gguf_name)
     if gguf_name.startswith("output."):

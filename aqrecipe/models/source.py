@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from aqrecipe.models.architectures import ArchInfo, arch_info_from_config, model
 from aqrecipe.models.files import INDEX_FILE, find_weight_files, load_config
 from aqrecipe.models.naming import NameMapper, gguf_order_key
 from aqrecipe.models.safetensors_io import RawTensor, read_header, read_tensor
-from aqrecipe.models.transforms import permute_rope_rows
+from aqrecipe.models.tensor_names import hf_layer_of, layer_of, to_gguf_layout
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
@@ -74,14 +73,7 @@ class ModelSource:
 
     def read_for_gguf(self, name: str) -> np.ndarray:
         """A tensor as float32 with llama.cpp's conversion transforms applied."""
-        info = self.tensor(name)
-        values = self.read(name)
-        if self.arch.spec.permute_qk:
-            if info.gguf_name.startswith("blk.") and ".attn_q." in info.gguf_name:
-                values = permute_rope_rows(values, self.arch.n_head)
-            elif info.gguf_name.startswith("blk.") and ".attn_k." in info.gguf_name:
-                values = permute_rope_rows(values, self.arch.n_head_kv)
-        return values
+        return to_gguf_layout(self.arch, self.tensor(name).gguf_name, self.read(name))
 
     def fingerprint(self) -> str:
         """sha256 over config.json and the tensor headers (not paths, not data)."""
@@ -131,9 +123,6 @@ def open_folder(path: Path) -> ModelSource:
     return ModelSource(path, config, arch, _map_tensors(path, arch, raw))
 
 
-_LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
-
-
 def _check_config_matches(path: Path, arch: ArchInfo, raw: list[RawTensor]) -> None:
     """config.json's sizes against the tensor shapes; one error lists every disagreement."""
 
@@ -157,7 +146,7 @@ def _check_config_matches(path: Path, arch: ArchInfo, raw: list[RawTensor]) -> N
         found = rows_cols(suffix)
         if found and found[1] != rows:
             problems.append(f"{keys} is {shown} but {found[0]} has {found[1]} rows")
-    layers = {int(m.group(1)) for t in raw if (m := _LAYER_INDEX.search(t.name))}
+    layers = {layer for t in raw if (layer := hf_layer_of(t.name)) is not None}
     n_found = max(layers) + 1 if layers else a.n_layers
     if n_found != a.n_layers:
         missing = f" (no layer {n_found})" if n_found < a.n_layers else ""
@@ -220,8 +209,8 @@ def _map_tensors(path: Path, arch: ArchInfo, raw: list[RawTensor]) -> tuple[Tens
                 hint="config.json does not belong to these weights (hidden_size, heads, "
                 "intermediate_size or vocab_size disagree)",
             )
-        if gguf_name.startswith("blk."):
-            seen_blocks.add(int(gguf_name.split(".")[1]))
+        if (layer := layer_of(gguf_name)) is not None:
+            seen_blocks.add(layer)
         infos.append(TensorInfo(t.name, gguf_name, t.shape, t.dtype, t.file, t.offset, t.nbytes))
     _check_complete(path, arch, infos, seen_blocks)
     infos.sort(key=lambda info: gguf_order_key(info.gguf_name))

@@ -5,23 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from aqrecipe._testhooks import reached
-from aqrecipe.errors import PlanError
 from aqrecipe.imatrix import ImatrixData
-from aqrecipe.models import open_model
 from aqrecipe.output.gguf import PlannedTensor, write_gguf
 from aqrecipe.output.pack import pack_entry
-from aqrecipe.plan import Plan
+from aqrecipe.plan import Plan, checked_source
 
 
 def write_plan_gguf(plan: Plan, dest: Path, *, imatrix: ImatrixData | None = None) -> None:
     """Pack and write every tensor of ``plan`` into ``dest`` (atomic)."""
 
-    source = open_model(plan.model_path)
-    if source.fingerprint() != plan.model_fingerprint:
-        raise PlanError(
-            f"the model at {plan.model_path} changed since the plan was compiled",
-            hint="recompile the recipe (aqrecipe compile) and apply the new plan",
-        )
+    source = checked_source(plan)
     entries = {e.gguf_name: e for e in plan.entries}
     absmean = plan.options.get("ternary_scale") == "absmean"
     planned = [PlannedTensor(e.gguf_name, e.hf_name, e.shape, e.type) for e in plan.entries]

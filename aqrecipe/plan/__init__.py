@@ -2,7 +2,7 @@
 
 from aqrecipe.plan.compiler import PlanSpec, compile_plan, is_quantizable
 from aqrecipe.plan.mixtures import MIXTURES, Mixture, get_mixture
-from aqrecipe.plan.model import Plan, PlanEntry, load_plan
+from aqrecipe.plan.model import Plan, PlanEntry, checked_source, load_plan
 from aqrecipe.plan.render import human_bytes, render_plan
 from aqrecipe.plan.rules import Rule, RuleSet, parse_set_option, rule_kind
 
@@ -14,6 +14,7 @@ __all__ = [
     "PlanSpec",
     "Rule",
     "RuleSet",
+    "checked_source",
     "compile_plan",
     "get_mixture",
     "human_bytes",

@@ -6,21 +6,19 @@ so compiling a 70B model takes well under a second.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from aqrecipe.quant.blocktypes import NEEDS_IMATRIX, fallback_for, file_type_for, layout
+from aqrecipe.quant.sizes import tensor_bytes
 from aqrecipe.errors import PlanError
+from aqrecipe.models.tensor_names import layer_of
 from aqrecipe.plan.mixtures import TensorContext, get_mixture, mixture_type
 from aqrecipe.plan.model import Plan, PlanEntry
 from aqrecipe.plan.rules import Rule, RuleSet, output_aliases, rule_reason
 
 if TYPE_CHECKING:
     from aqrecipe.models import ModelSource
-
-_LAYER = re.compile(r"^blk\.(\d+)\.")
-
 
 @dataclass(frozen=True)
 class PlanSpec:
@@ -47,11 +45,6 @@ class PlanSpec:
 def is_quantizable(gguf_name: str, shape: Sequence[int]) -> bool:
     """llama.cpp quantizes 2-D weights only, never norms or MoE routers."""
     return len(shape) == 2 and "norm" not in gguf_name and "ffn_gate_inp" not in gguf_name
-
-
-def _layer_of(gguf_name: str) -> int | None:
-    m = _LAYER.match(gguf_name)
-    return int(m.group(1)) if m else None
 
 
 def compile_plan(
@@ -89,14 +82,13 @@ def compile_plan(
             if rule is not None:
                 requested, chosen_by = rule.type, rule_reason(rule, info.gguf_name, info.hf_name)
             elif mixture is not None:
-                ctx = TensorContext(info.gguf_name, shape[-1], _layer_of(info.gguf_name), arch.n_layers, n_gqa, has_output)
+                ctx = TensorContext(info.gguf_name, shape[-1], layer_of(info.gguf_name), arch.n_layers, n_gqa, has_output)
                 requested, chosen_by = mixture_type(mixture, base, ctx)
             else:
                 requested, chosen_by = base, "default"
         final = fallback_for(requested, shape[-1])
         if final != requested:
             chosen_by += f"; rows of {shape[-1]} do not fit {requested} blocks of {layout(requested).block_weights}, fallback {final}"
-        n_rows = n_params // shape[-1]
         entries.append(
             PlanEntry(
                 gguf_name=info.gguf_name,
@@ -107,7 +99,7 @@ def compile_plan(
                 requested_type=requested,
                 chosen_by=chosen_by,
                 n_params=n_params,
-                n_bytes=n_rows * layout(final).row_bytes(shape[-1]),
+                n_bytes=tensor_bytes(final, shape),
             )
         )
     return Plan(

@@ -11,10 +11,13 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aqrecipe import __version__
 from aqrecipe.errors import PlanError
+
+if TYPE_CHECKING:
+    from aqrecipe.models import ModelSource
 
 PLAN_FORMAT_VERSION = 1
 
@@ -150,3 +153,16 @@ def load_plan(path: Path) -> Plan:
     if not isinstance(data, dict):
         raise PlanError(f"plan file {path} does not hold a JSON object", hint="recompile the recipe")
     return Plan.from_dict(data)
+
+
+def checked_source(plan: Plan) -> ModelSource:
+    """The plan's model, refused when it changed since the plan was compiled."""
+    from aqrecipe.models import open_model
+
+    source = open_model(plan.model_path)
+    if source.fingerprint() != plan.model_fingerprint:
+        raise PlanError(
+            f"the model at {plan.model_path} changed since the plan was compiled",
+            hint="recompile the recipe (aqrecipe compile) and apply the new plan",
+        )
+    return source

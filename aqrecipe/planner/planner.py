@@ -10,7 +10,8 @@ from aqrecipe.errors import InfeasibleBudgetError, PlanError
 from aqrecipe.plan import PlanSpec, Rule
 from aqrecipe.quant.blocktypes import fallback_for
 from aqrecipe.plan.render import human_bytes
-from aqrecipe.planner.measurement import Measurement, tensor_bytes
+from aqrecipe.planner.measurement import Measurement
+from aqrecipe.quant.sizes import tensor_bytes
 from aqrecipe.planner.solver import Group, Option, Solution, min_bytes, min_error_choice, smallest_size_for_error, solve_dp, solve_lagrangian
 
 #: problems up to this many (groups x options x grid cells) use the exact DP

@@ -10,7 +10,8 @@ from typing import Any
 
 from aqrecipe.formats.fileio import atomic_path, atomic_write_text
 from aqrecipe.plan import Plan
-from aqrecipe.planner.measurement import Measurement, layer_of
+from aqrecipe.models.tensor_names import layer_of
+from aqrecipe.planner.measurement import Measurement
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from aqrecipe.planner.measurement import Measurement, TensorMeasurement, TypeOption, candidate_types, tensor_bytes
+from aqrecipe.planner.measurement import Measurement, TensorMeasurement, TypeOption, candidate_types
+from aqrecipe.quant.sizes import tensor_bytes
 
 LLAMA_70B_SHAPES = {  # HF order [out, in]
     "attn_q": (8192, 8192), "attn_k": (1024, 8192), "attn_v": (1024, 8192), "attn_output": (8192, 8192),

@@ -2,7 +2,7 @@
 
 from aqrecipe.formats.fileio import atomic_path, check_output_folder
 from aqrecipe.output.gguf.tokenizer import add_tokenizer, build_vocab
-from aqrecipe.output.gguf.writer import PlannedTensor, PlannedTensorLike, guess_file_type, tensor_nbytes, write_gguf
+from aqrecipe.output.gguf.writer import PlannedTensor, PlannedTensorLike, guess_file_type, write_gguf
 
 __all__ = [
     "PlannedTensor",
@@ -12,6 +12,5 @@ __all__ = [
     "build_vocab",
     "check_output_folder",
     "guess_file_type",
-    "tensor_nbytes",
     "write_gguf",
 ]

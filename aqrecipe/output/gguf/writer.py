@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -14,7 +13,8 @@ from typing import Any, Protocol
 import gguf
 import numpy as np
 
-from aqrecipe.quant.blocktypes import file_type_for, layout
+from aqrecipe.quant.blocktypes import file_type_for
+from aqrecipe.quant.sizes import tensor_bytes
 from aqrecipe.errors import ByteLengthError, ShapeMismatchError
 from aqrecipe.models.source import ModelSource
 from aqrecipe.formats.fileio import atomic_path, check_output_folder
@@ -57,13 +57,6 @@ def guess_file_type(planned: Sequence[PlannedTensorLike]) -> int:
     return int(file_type_for(top))
 
 
-def tensor_nbytes(shape: Sequence[int], type_name: str) -> int:
-    """Bytes of a tensor of ``shape`` stored as ``type_name`` (rows of shape[-1] weights)."""
-    row_len = int(shape[-1]) if shape else 1
-    rows = math.prod(int(d) for d in shape[:-1])
-    return rows * layout(type_name).row_bytes(row_len)
-
-
 def write_gguf(
     dest: str | Path,
     source: ModelSource,
@@ -93,7 +86,7 @@ def write_gguf(
                     p.gguf_name,
                     [int(d) for d in p.shape],
                     np.dtype(np.float32),  # ignored: raw_dtype gives the stored type
-                    tensor_nbytes(p.shape, p.type_name),
+                    tensor_bytes(p.type_name, p.shape),
                     raw_dtype=gguf.GGMLQuantizationType[p.type_name],
                 )
             writer.write_header_to_file(tmp)
@@ -150,7 +143,7 @@ def _add_value(writer: gguf.GGUFWriter, key: str, value: Any) -> None:
 
 def _as_stored(p: PlannedTensorLike, data: np.ndarray) -> np.ndarray:
     """Check produced data against the plan; convert float values to F32/F16 storage."""
-    expected = tensor_nbytes(p.shape, p.type_name)
+    expected = tensor_bytes(p.type_name, p.shape)
     data = np.asarray(data)
     if data.dtype == np.uint8:
         stored = np.ascontiguousarray(data)
