@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -36,6 +36,12 @@ from aqrecipe.calibration.observers import DownProjRanges, InputStatsObserver, L
 from aqrecipe.calibration.stats import Backend, ChannelStats
 from aqrecipe.errors import AqrecipeError, ImatrixError, ResumeError, UnsupportedArchitectureError
 from aqrecipe.optional import require_or_skip, require_torch
+
+if TYPE_CHECKING:
+    import torch
+    import transformers
+
+    from aqrecipe.models.protocol import WeightSource
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +116,7 @@ def _torch_dtype(name: str):
         raise AqrecipeError(f"unknown compute dtype {name!r}", hint="use float32, bfloat16 or float16") from None
 
 
-def build_skeleton(source: Any, attn_implementation: str):
+def build_skeleton(source: WeightSource, attn_implementation: str):
     """The HF model on the meta device, plus its config."""
     import torch
     import transformers
@@ -128,7 +134,7 @@ def build_skeleton(source: Any, attn_implementation: str):
     return model, base, config
 
 
-def _load_module(module, source: Any, prefix: str, device: str, dtype) -> None:
+def _load_module(module: torch.nn.Module, source: WeightSource, prefix: str, device: str, dtype) -> None:
     """Replace ``module``'s meta parameters with the weights under ``prefix``."""
     import torch
 
@@ -147,8 +153,26 @@ def _maybe_kill(env: str, stage: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+@dataclass(frozen=True)
+class _Pass:
+    """What every stage of one calibration pass reads: the model, the cache, the observers."""
+
+    source: WeightSource
+    base: torch.nn.Module  # the HF decoder (model.model), on the meta device until a stage loads it
+    config: transformers.PretrainedConfig
+    cache: ActivationCache
+    batches: list[tuple[int, int]]
+    names: dict[str, str]  # HF weight name -> llama.cpp name
+    observers: list[LinearObserver]
+    stats_obs: InputStatsObserver | None
+    device: str
+    dtype: torch.dtype  # the compute dtype
+    options: RunnerOptions
+    work: WorkDir | None
+
+
 def run_calibration(
-    source: Any,
+    source: WeightSource,
     windows: np.ndarray,
     *,
     options: RunnerOptions = RunnerOptions(),
@@ -164,9 +188,7 @@ def run_calibration(
     """
     torch, _ = require_torch(CALIBRATION)
 
-    windows = np.asarray(windows, dtype=np.int64)
-    if windows.ndim != 2 or windows.size == 0:
-        raise ValueError(f"windows must be a non-empty [samples, seq_len] array, got {windows.shape}")
+    windows = _as_windows(windows)
     n_samples, seq_len = windows.shape
     device = options.resolved_device()
     dtype = _torch_dtype(options.dtype)
@@ -174,84 +196,36 @@ def run_calibration(
     n_layers = len(base.layers)
     if work is not None and work.n_stages != n_layers + 1:
         raise ResumeError(f"work folder expects {work.n_stages} stages, the model has {n_layers + 1}")
+    stats_obs, ranges_obs, all_obs = _make_observers(options, observers)
 
-    stats_obs = InputStatsObserver(options.stats_backend) if options.collect else None
-    ranges_obs = DownProjRanges(options.stats_backend, stats_obs) if options.collect else None
-    all_obs: list[LinearObserver] = [o for o in (stats_obs, ranges_obs) if o is not None]
-    all_obs += list(observers) if options.collect else []
-    keys = [o.key for o in all_obs]
-    if len(set(keys)) != len(keys):
-        raise ValueError(f"observer keys must be unique, got {keys}")
-
-    hidden = int(config.hidden_size)
-    per_batch = max(1, options.batch_tokens // seq_len)
-    batches = [(s, min(n_samples, s + per_batch)) for s in range(0, n_samples, per_batch)]
     tmp = None if work is not None else tempfile.TemporaryDirectory(prefix="aqrecipe-cache-")
     folder = work.path if work is not None else Path(tmp.name)  # type: ignore[union-attr]
-    cache = ActivationCache((n_samples, seq_len, hidden), max_bytes=options.max_cache_bytes,
+    cache = ActivationCache((n_samples, seq_len, int(config.hidden_size)), max_bytes=options.max_cache_bytes,
                             folder=folder, work=work)
+    p = _Pass(source, base, config, cache, _batches(n_samples, seq_len, options.batch_tokens),
+              {t.hf_name: t.gguf_name for t in source.tensors}, all_obs, stats_obs, device, dtype, options, work)
     start_stage = work.completed if work is not None else 0
     t0 = time.perf_counter()
-    stats_seconds = 0.0
     try:
         with torch.inference_mode():
-            # finished stages: their observer state comes from the checkpoints
-            for stage in range(start_stage):
-                arrays = work.load_stage(stage)  # type: ignore[union-attr]
-                for obs in all_obs:
-                    pre = f"{obs.key}|"
-                    obs.restore_layer_state(stage, {k[len(pre):]: v for k, v in arrays.items() if k.startswith(pre)})
-            if start_stage == 0:
-                _embed(base, source, windows, cache.init_embeddings(), batches, device)
-                trim_heap()
-            else:
-                try:
-                    cache.restore(start_stage)
-                except FileNotFoundError as exc:
-                    raise ResumeError(
-                        f"checkpoint hidden states {exc} are missing or truncated",
-                        hint="pass restart=True (--restart) to start over",
-                    ) from None
-            rotary = type(base.rotary_emb)(config=config).to(device)
-            pos = torch.arange(seq_len, device=device).unsqueeze(0)
-            probe = torch.zeros(1, seq_len, hidden, device=device, dtype=dtype)
-            pos_emb = rotary(probe, pos)
-            names = {t.hf_name: t.gguf_name for t in source.tensors}
-            stages = range(start_stage, n_layers + 1)
-            bar = _progress(len(stages), n_layers + 1, start_stage, quiet)
-            for stage in stages:
-                ts = time.perf_counter()
-                if stage < n_layers:
-                    stats_seconds += _run_layer(stage, base, config, source, cache, batches, names, all_obs, stats_obs,
-                               pos, pos_emb, device, dtype, options)
-                else:
-                    stats_seconds += _run_output(stage, base, source, cache, batches, names, all_obs, stats_obs,
-                                device, dtype, options)
-                # the stage's weights and activations are dead now: without handing the freed
-                # heap back, glibc kept it and RSS crept up by tens of MB per layer
-                trim_heap()
-                if work is not None:
-                    arrays = {}
-                    for obs in all_obs:
-                        arrays.update({f"{obs.key}|{k}": v for k, v in obs.layer_state(stage).items()})
-                    if stage < n_layers:
-                        cache.persist(stage + 1)
-                    work.save_stage(stage, arrays)
-                    work.commit(stage + 1)
-                    _maybe_kill(KILL_AFTER_ENV, stage)
-                if bar is not None:
-                    bar.set_postfix(tok_s=f"{n_samples * seq_len / (time.perf_counter() - ts):,.0f}")
-                    bar.update(1)
-            if bar is not None:
-                bar.close()
+            _restore_observers(p, start_stage)
+            _fill_cache(p, windows, start_stage)
+            stats_seconds = _run_stages(p, start_stage, n_layers, quiet)
     finally:
         cache.close()
         if tmp is not None:
             tmp.cleanup()
-    seconds = time.perf_counter() - t0
+    result = _result(p, ranges_obs, observers, start_stage, n_layers, time.perf_counter() - t0, stats_seconds)
+    _check_finite(result, options)
+    return result
+
+
+def _result(p: _Pass, ranges_obs: DownProjRanges | None, observers: Sequence[LinearObserver], start_stage: int,
+            n_layers: int, seconds: float, stats_seconds: float) -> CalibrationResult:
+    n_samples, seq_len, _ = p.cache.shape
     done = n_layers + 1 - start_stage
-    result = CalibrationResult(
-        stats=_ordered_stats(stats_obs, source),
+    return CalibrationResult(
+        stats=_ordered_stats(p.stats_obs, p.source),
         down_proj_max_in=dict(sorted(ranges_obs.max_in.items())) if ranges_obs else {},
         down_proj_max_out=dict(sorted(ranges_obs.max_out.items())) if ranges_obs else {},
         n_samples=n_samples,
@@ -262,8 +236,103 @@ def run_calibration(
         stats_seconds=stats_seconds,
         observers=list(observers),
     )
-    _check_finite(result, options)
-    return result
+
+
+def _as_windows(windows: np.ndarray) -> np.ndarray:
+    windows = np.asarray(windows, dtype=np.int64)
+    if windows.ndim != 2 or windows.size == 0:
+        raise ValueError(f"windows must be a non-empty [samples, seq_len] array, got {windows.shape}")
+    return windows
+
+
+def _make_observers(options: RunnerOptions, observers: Sequence[LinearObserver]
+                    ) -> tuple[InputStatsObserver | None, DownProjRanges | None, list[LinearObserver]]:
+    """The built-in observers (input statistics, down_proj ranges) followed by the caller's."""
+    stats_obs = InputStatsObserver(options.stats_backend) if options.collect else None
+    ranges_obs = DownProjRanges(options.stats_backend, stats_obs) if options.collect else None
+    all_obs: list[LinearObserver] = [o for o in (stats_obs, ranges_obs) if o is not None]
+    all_obs += list(observers) if options.collect else []
+    keys = [o.key for o in all_obs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"observer keys must be unique, got {keys}")
+    return stats_obs, ranges_obs, all_obs
+
+
+def _batches(n_samples: int, seq_len: int, batch_tokens: int) -> list[tuple[int, int]]:
+    per_batch = max(1, batch_tokens // seq_len)
+    return [(s, min(n_samples, s + per_batch)) for s in range(0, n_samples, per_batch)]
+
+
+def _restore_observers(p: _Pass, start_stage: int) -> None:
+    """Finished stages: their observer state comes from the checkpoints."""
+    for stage in range(start_stage):
+        arrays = p.work.load_stage(stage)  # type: ignore[union-attr]
+        for obs in p.observers:
+            pre = f"{obs.key}|"
+            obs.restore_layer_state(stage, {k[len(pre):]: v for k, v in arrays.items() if k.startswith(pre)})
+
+
+def _fill_cache(p: _Pass, windows: np.ndarray, start_stage: int) -> None:
+    """The activation cache at ``start_stage``: the embeddings on a fresh run, else the checkpoint."""
+    if start_stage == 0:
+        _embed(p.base, p.source, windows, p.cache.init_embeddings(), p.batches, p.device)
+        trim_heap()
+        return
+    try:
+        p.cache.restore(start_stage)
+    except FileNotFoundError as exc:
+        raise ResumeError(
+            f"checkpoint hidden states {exc} are missing or truncated",
+            hint="pass restart=True (--restart) to start over",
+        ) from None
+
+
+def _rotary(p: _Pass, seq_len: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Position ids and the model family's own rotary embedding for them."""
+    import torch
+
+    rotary = type(p.base.rotary_emb)(config=p.config).to(p.device)
+    pos = torch.arange(seq_len, device=p.device).unsqueeze(0)
+    probe = torch.zeros(1, seq_len, int(p.config.hidden_size), device=p.device, dtype=p.dtype)
+    return pos, rotary(probe, pos)
+
+
+def _run_stages(p: _Pass, start_stage: int, n_layers: int, quiet: bool) -> float:
+    """Every stage from ``start_stage`` on (decoder layers, then the output); returns the statistics seconds."""
+    n_samples, seq_len, _ = p.cache.shape
+    pos, pos_emb = _rotary(p, seq_len)
+    stages = range(start_stage, n_layers + 1)
+    bar = _progress(len(stages), n_layers + 1, start_stage, quiet)
+    stats_seconds = 0.0
+    for stage in stages:
+        ts = time.perf_counter()
+        if stage < n_layers:
+            stats_seconds += _run_layer(stage, p, pos, pos_emb)
+        else:
+            stats_seconds += _run_output(stage, p)
+        # the stage's weights and activations are dead now: without handing the freed
+        # heap back, glibc kept it and RSS crept up by tens of MB per layer
+        trim_heap()
+        if p.work is not None:
+            _checkpoint(p, p.work, stage, n_layers)
+        if bar is not None:
+            bar.set_postfix(tok_s=f"{n_samples * seq_len / (time.perf_counter() - ts):,.0f}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return stats_seconds
+
+
+def _checkpoint(p: _Pass, work: WorkDir, stage: int, n_layers: int) -> None:
+    """Save the stage's observer state and the next stage's input, then commit the stage."""
+    arrays = {}
+    for obs in p.observers:
+        arrays.update({f"{obs.key}|{k}": v for k, v in obs.layer_state(stage).items()})
+    if stage < n_layers:
+        p.cache.persist(stage + 1)
+    work.save_stage(stage, arrays)
+    work.commit(stage + 1)
+    _maybe_kill(KILL_AFTER_ENV, stage)
 
 
 def _progress(total: int, n_stages: int, initial: int, quiet: bool):
@@ -308,23 +377,22 @@ def _linears(module, prefix: str, names: dict[str, str]) -> list[tuple[str, Any]
     return found
 
 
-def _run_layer(stage, base, config, source, cache, batches, names, observers, stats_obs,
-               pos, pos_emb, device, dtype, options) -> float:
+def _run_layer(stage: int, p: _Pass, pos: torch.Tensor, pos_emb: tuple[torch.Tensor, torch.Tensor]) -> float:
     """Run one decoder layer over the cache; returns the seconds spent in statistics."""
     import torch
 
-    layer = base.layers[stage]
+    layer = p.base.layers[stage]
     prefix = f"model.layers.{stage}."
-    _load_module(layer, source, prefix, device, dtype)
-    hooks = (LayerHooks(stage, _linears(layer, prefix, names), observers, stats_obs)
-             if options.collect else None)
-    src, dst = cache.source(stage), cache.target(stage)
+    _load_module(layer, p.source, prefix, p.device, p.dtype)
+    hooks = (LayerHooks(stage, _linears(layer, prefix, p.names), p.observers, p.stats_obs)
+             if p.options.collect else None)
+    src, dst = p.cache.source(stage), p.cache.target(stage)
     masks: dict[int, Any] = {}
     try:
-        for i, (s0, s1) in enumerate(batches):
-            h = torch.from_numpy(np.ascontiguousarray(src[s0:s1])).to(device=device, dtype=dtype)
+        for i, (s0, s1) in enumerate(p.batches):
+            h = torch.from_numpy(np.ascontiguousarray(src[s0:s1])).to(device=p.device, dtype=p.dtype)
             if h.shape[0] not in masks:
-                masks[h.shape[0]] = _layer_mask(config, stage, h, pos)
+                masks[h.shape[0]] = _layer_mask(p.config, stage, h, pos)
             if hooks is not None:
                 hooks.next_batch()
             out = layer(h, attention_mask=masks[h.shape[0]], position_ids=pos,
@@ -341,21 +409,20 @@ def _run_layer(stage, base, config, source, cache, batches, names, observers, st
     return hooks.seconds if hooks is not None else 0.0
 
 
-def _run_output(stage, base, source, cache, batches, names, observers, stats_obs,
-                device, dtype, options) -> float:
+def _run_output(stage: int, p: _Pass) -> float:
     """Statistics of the output projection's input; returns the seconds they took."""
     import torch
 
-    out_name = names.get("lm_head.weight")
-    if not (options.collect and options.include_output and out_name):
+    out_name = p.names.get("lm_head.weight")
+    if not (p.options.collect and p.options.include_output and out_name):
         return 0.0  # tied embeddings: llama.cpp has no output.weight to weigh
-    norm = base.norm
-    _load_module(norm, source, "model.norm.", device, dtype)
-    hooks = LayerHooks(stage, [], observers, stats_obs)
-    src = cache.source(stage)
+    norm = p.base.norm
+    _load_module(norm, p.source, "model.norm.", p.device, p.dtype)
+    hooks = LayerHooks(stage, [], p.observers, p.stats_obs)
+    src = p.cache.source(stage)
     try:
-        for s0, s1 in batches:
-            h = torch.from_numpy(np.ascontiguousarray(src[s0:s1])).to(device=device, dtype=dtype)
+        for s0, s1 in p.batches:
+            h = torch.from_numpy(np.ascontiguousarray(src[s0:s1])).to(device=p.device, dtype=p.dtype)
             hooks.next_batch()
             hooks.record(out_name, norm(h), None)
     finally:
@@ -363,7 +430,7 @@ def _run_output(stage, base, source, cache, batches, names, observers, stats_obs
     return hooks.seconds
 
 
-def _ordered_stats(stats_obs: InputStatsObserver | None, source) -> dict[str, ChannelStats]:
+def _ordered_stats(stats_obs: InputStatsObserver | None, source: WeightSource) -> dict[str, ChannelStats]:
     if stats_obs is None:
         return {}
     order = [t.gguf_name for t in source.tensors if t.gguf_name in stats_obs.stats]
