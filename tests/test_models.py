@@ -271,7 +271,7 @@ def test_demo_materialisation(demo_model_dir: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from aqrecipe.models.demo import DEMO_GGUF, _extract_demo_gguf
+    from aqrecipe.models.demo import DEMO_GGUF, extract_demo_gguf
 
     for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
         assert (demo_model_dir / name).is_file()
@@ -290,7 +290,7 @@ def test_demo_materialisation(demo_model_dir: Path) -> None:
     gguf_dir = demo_model_dir.parent / ".test-gguf"
     shutil.rmtree(gguf_dir, ignore_errors=True)
     try:
-        gguf_path = _extract_demo_gguf(gguf_dir)
+        gguf_path = extract_demo_gguf(gguf_dir)
         ref = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=DEMO_GGUF, dtype=torch.float32)
         with torch.no_grad():
             expected = ref(ids).logits
