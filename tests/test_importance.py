@@ -39,12 +39,14 @@ def test_section_defaults_round_trip_and_errors():
     assert s.detect.type == "activation" and s.detect.spike_ratio == 80 and s.detect.max_count == 8
     assert s.protect.tensor_type == "Q6_K" and s.protect.imatrix_boost == 100.0
     assert SuperWeightsSection.from_dict(s.to_dict()) == s
-    with pytest.raises(RecipeError, match="unknown keys in detect"):
-        SuperWeightsSection.from_dict({"detect": {"type": "combined", "ratio": 3}})
-    with pytest.raises(RecipeError, match="unknown detect type"):
-        SuperWeightsSection.from_dict({"detect": {"type": "magic"}})
-    with pytest.raises(RecipeError, match="tensor_type"):
-        ProtectSpec(tensor_type="Q2_K")
+    # the one section mechanism (aqrecipe.recipe.sections): the schema's checks, the recipe's codes and paths
+    for bad, code, path in (({"detect": {"type": "combined", "ratio": 3}}, "R101", "$.super_weights.detect.ratio"),
+                            ({"detect": {"type": "magic"}}, "R112", "$.super_weights.detect.type"),
+                            ({"protect": {"type": "raise-tensor", "tensor_type": "Q2_K"}}, "R112",
+                             "$.super_weights.protect.tensor_type")):
+        with pytest.raises(RecipeError) as exc:
+            SuperWeightsSection.from_dict(bad)
+        assert [(i.code, i.json_path) for i in exc.value.issues] == [(code, path)]
 
 
 def test_schema_fragment_is_closed_and_accepts_the_example():

@@ -8,6 +8,8 @@ import jsonschema
 import numpy as np
 import pytest
 
+from aqrecipe.errors import RecipeError
+
 from aqrecipe.smoothquant import (SCHEMA_FRAGMENT, SmoothQuantConfig, SmoothQuantError, resolve_groups,
                                   smooth_norm_weight, smoothing_scales, weight_column_max)
 
@@ -55,13 +57,17 @@ def test_schema_fragment_is_valid_and_closed():
     assert SCHEMA_FRAGMENT["additionalProperties"] is False
 
 
-@pytest.mark.parametrize("bad", [{"alpha": 1.5}, {"alpha": -0.1}, {"alpha": "best"}, {"alhpa": 0.5},
-                                 {"activations": {"type": "per-channel"}},
-                                 {"mappings": {"type": "explicit"}}, {"output": {"path": "x"}}])
-def test_invalid_sections_are_rejected(bad):
-    with pytest.raises(SmoothQuantError) as exc:
+@pytest.mark.parametrize("bad, code, path", [
+    ({"alpha": 1.5}, "R112", "$.smoothquant.alpha"), ({"alpha": -0.1}, "R112", "$.smoothquant.alpha"),
+    ({"alpha": "best"}, "R112", "$.smoothquant.alpha"), ({"alhpa": 0.5}, "R101", "$.smoothquant.alhpa"),
+    ({"activations": {"type": "per-channel"}}, "R112", "$.smoothquant.activations.type"),
+    ({"mappings": {"type": "explicit"}}, "R102", "$.smoothquant.mappings.groups"),
+    ({"output": {"path": "x"}}, "R102", "$.smoothquant.output.type")])
+def test_invalid_sections_are_rejected(bad, code, path):
+    # the one section mechanism (aqrecipe.recipe.sections): the recipe's codes and paths
+    with pytest.raises(RecipeError) as exc:
         SmoothQuantConfig.from_dict(bad)
-    assert exc.value.hint
+    assert exc.value.hint and [(i.code, i.json_path) for i in exc.value.issues] == [(code, path)]
 
 
 def test_section_round_trip():

@@ -13,8 +13,8 @@ pytest.importorskip("torch")
 pytest.importorskip("compressed_tensors")
 
 from aqrecipe.calibration import CalibrationSpec  # noqa: E402
+from aqrecipe.errors import RecipeError  # noqa: E402
 from aqrecipe.apply.smoothquant import run_smoothquant  # noqa: E402
-from aqrecipe.smoothquant import SmoothQuantError  # noqa: E402
 
 CHUNKS, CONTEXT = 4, 64
 
@@ -143,7 +143,7 @@ def test_output_over_a_foreign_path_is_refused(tiny_llama_dir, text_file, tmp_pa
     with pytest.raises(Exception, match="not a model folder"):
         _run(tiny_llama_dir, text_file, tmp_path, {"alpha": 0.5})
     assert (tmp_path / "out").read_text() == "not a model"
-    with pytest.raises(SmoothQuantError):
+    with pytest.raises(RecipeError, match="smoothquant.alpha"):
         run_smoothquant({"alpha": 2}, str(tiny_llama_dir), _spec(text_file), tmp_path / "w")
 
 

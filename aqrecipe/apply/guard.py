@@ -34,7 +34,6 @@ from aqrecipe.calibration.checkpoint import LOCK, FolderLock
 from aqrecipe.formats.fileio import _fsync_folder, atomic_path, check_output_folder, staged_for
 from aqrecipe.output.safetensors import check_folder_output
 from aqrecipe.recipe import Recipe
-from aqrecipe.smoothquant.config import SmoothQuantConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +43,10 @@ def check_destination(dest: Path, recipe: Recipe | None, options: ApplyOptions) 
 
     ``dest`` may be a folder only for folder outputs (safetensors, compressed-tensors).
     """
-    section = recipe.stage("smoothquant") if recipe is not None else None
+    section = recipe.section("smoothquant") if recipe is not None else None
     kind = "folder" if wants_folder(recipe, options) else "file"
     if section is not None:  # W8A8: compressed-tensors (a folder), a Q8_0 GGUF, or nothing
-        kind = {"gguf-q8_0": "file", "none": "none"}.get(SmoothQuantConfig.from_dict(section).output, "folder")
+        kind = {"gguf-q8_0": "file", "none": "none"}.get(section.output, "folder")
     if kind != "none":
         check_output_folder(dest, probe=True, folder_ok=kind == "folder")
     if kind == "folder":

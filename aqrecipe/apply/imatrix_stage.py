@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aqrecipe.errors import ImatrixError
+from aqrecipe.recipe.sections import CalibrationSection
 
 if TYPE_CHECKING:
     from aqrecipe.imatrix import ImatrixData
@@ -27,22 +28,16 @@ HOW_TO_GET_ONE = (
 )
 
 
-def calibration_spec(section: dict[str, Any] | None, recipe: Recipe | None = None) -> Any:
-    """The recipe's ``calibration`` mapping as a :class:`~aqrecipe.calibration.data.CalibrationSpec`."""
+def calibration_spec(section: CalibrationSection | None, recipe: Recipe | None = None) -> Any:
+    """The recipe's ``imatrix.calibration`` section as a :class:`~aqrecipe.calibration.data.CalibrationSpec`
+    (its path resolved against the recipe's folder)."""
     from aqrecipe.calibration.data import CalibrationSpec
 
-    section = section or {}
-    source = dict(section.get("source") or {"type": "builtin-wiki"})
-    kind = source.pop("type")
-    if "path" in source and recipe is not None:
-        source["path"] = str(recipe.resolve_path(source["path"]))
-    return CalibrationSpec(
-        source=kind,
-        samples=int(section.get("samples", 512)),
-        seq_len=int(section.get("seq_len", 512)),
-        seed=int(section.get("seed", 0)),
-        **source,
-    )
+    section = section or CalibrationSection()
+    src = section.source
+    path = str(recipe.resolve_path(src.path)) if src.path is not None and recipe is not None else src.path
+    return CalibrationSpec(source=src.type, path=path, field=src.field, name=src.name, config=src.config,
+                           split=src.split, samples=section.samples, seq_len=section.seq_len, seed=section.seed)
 
 
 def resolve_imatrix(
@@ -63,19 +58,19 @@ def resolve_imatrix(
     from aqrecipe.imatrix import check_against_model, compute_imatrix, load_imatrix
     from aqrecipe.models import open_model
 
-    section = recipe.stage("imatrix") if recipe is not None else None
-    allow_partial = bool(section and section.get("allow_partial"))
+    section = recipe.section("imatrix") if recipe is not None else None
+    allow_partial = section is not None and section.type == "file" and section.allow_partial
     data = None
     if imatrix_path is not None:
         data = load_imatrix(imatrix_path)
-    elif section and section["type"] == "file":
-        data = load_imatrix(recipe.resolve_path(section["path"]))
-    elif section and section["type"] == "compute":
+    elif section is not None and section.type == "file":
+        data = load_imatrix(recipe.resolve_path(section.path))
+    elif section is not None and section.type == "compute":
         from aqrecipe.calibration.runner import RunnerOptions
         from aqrecipe.calibration.memory import limited_options
 
-        save = recipe.resolve_path(section["save"]) if section.get("save") else None
-        spec = calibration_spec(section.get("calibration"), recipe)
+        save = recipe.resolve_path(section.save) if section.save else None
+        spec = calibration_spec(section.calibration, recipe)
         data = compute_imatrix(
             plan.model_path,
             spec,

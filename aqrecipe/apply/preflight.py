@@ -48,13 +48,13 @@ class InputFile:
 def named_inputs(recipe: Recipe) -> list[InputFile]:
     """Every input file the recipe names, in file order, whether or not a run reads it."""
     found = []
-    section = recipe.stage("imatrix") or {}
-    if section.get("type") == "file":
-        found.append(InputFile("imatrix", "$.imatrix.path", section["path"], recipe.resolve_path(section["path"])))
-    source = (section.get("calibration") or {}).get("source") or {}
-    if source.get("type") in ("text", "jsonl"):
-        found.append(InputFile(source["type"], "$.imatrix.calibration.source.path", source["path"],
-                               recipe.resolve_path(source["path"]), source.get("field", "text")))
+    section = recipe.section("imatrix")
+    if section is not None and section.type == "file":
+        found.append(InputFile("imatrix", "$.imatrix.path", section.path, recipe.resolve_path(section.path)))
+    source = section.calibration.source if section is not None and section.type == "compute" else None
+    if source is not None and source.type in ("text", "jsonl"):
+        found.append(InputFile(source.type, "$.imatrix.calibration.source.path", source.path,
+                               recipe.resolve_path(source.path), source.field))
     if recipe.evaluation.text:
         found.append(InputFile("evaluation", "$.evaluation.text", recipe.evaluation.text,
                                recipe.resolve_path(recipe.evaluation.text)))
@@ -69,8 +69,9 @@ def used_inputs(recipe: Recipe | None, options: Any) -> list[InputFile]:
         used.append(InputFile("imatrix", "--imatrix", flag, Path(options.imatrix_path).expanduser()))
     if recipe is None:
         return used
-    smoothquant = recipe.stage("smoothquant") is not None  # reads imatrix.calibration, never an imatrix
-    computes = (recipe.stage("imatrix") or {}).get("type") == "compute" and options.imatrix_path is None
+    smoothquant = recipe.section("smoothquant") is not None  # reads imatrix.calibration, never an imatrix
+    imatrix = recipe.section("imatrix")
+    computes = imatrix is not None and imatrix.type == "compute" and options.imatrix_path is None
     evaluates = options.evaluates(recipe)
     for f in named_inputs(recipe):
         if f.kind == "imatrix":
@@ -113,10 +114,10 @@ def check_extras(recipe: Recipe | None, options: Any) -> None:
     from aqrecipe.optional import require
     from aqrecipe.apply.options import wants_folder
 
-    if recipe is not None and (recipe.stage("smoothquant") is not None or wants_folder(recipe, options)):
+    if recipe is not None and (recipe.section("smoothquant") is not None or wants_folder(recipe, options)):
         return  # W8A8 and folder outputs evaluate in torch
-    coherence = recipe.stage("coherence") if recipe is not None else None
-    explicit_coherence = bool(coherence and coherence.get("enabled"))
+    coherence = recipe.section("coherence") if recipe is not None else None
+    explicit_coherence = bool(coherence is not None and coherence.enabled)
     if options.evaluates(recipe) or explicit_coherence:
         what = "evaluating the output GGUF (--eval / evaluation.enabled / coherence.enabled)"
         require("llama_cpp", what)

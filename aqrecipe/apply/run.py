@@ -63,7 +63,7 @@ def run_apply(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyOptio
 
 def _apply_locked(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyOptions) -> ApplyResult:
 
-    if recipe is not None and recipe.stage("smoothquant") is not None:
+    if recipe is not None and recipe.section("smoothquant") is not None:
         return run_smoothquant_apply(plan, recipe, dest, options)
 
     if wants_folder(recipe, options):  # simulated quantization, exact super weights, HF folder
@@ -113,12 +113,12 @@ def run_smoothquant_apply(plan: Plan, recipe: Recipe, dest: Path, options: Apply
     """
 
     t0 = time.perf_counter()
-    imatrix_section = recipe.stage("imatrix") or {}
-    spec = calibration_spec(imatrix_section.get("calibration"), recipe)
+    imatrix_section = recipe.section("imatrix")
+    spec = calibration_spec(getattr(imatrix_section, "calibration", None), recipe)  # type: file has none
     ev = recipe.evaluation
     do_eval = options.evaluates(recipe)
     result = run_smoothquant(
-        recipe.stage("smoothquant"),
+        recipe.section("smoothquant"),
         plan.model_path,
         spec,
         (options.work_dir or default_work_dir(dest)) / "smoothquant",
@@ -159,7 +159,7 @@ def run_coherence(plan: Plan, recipe: Recipe | None, dest: Path) -> dict[str, An
     one the recipe asks for (``coherence.enabled: true``) needs it.
     """
 
-    spec = CoherenceSpec.from_dict(recipe.stage("coherence") if recipe is not None else None)
+    spec = (recipe.section("coherence") if recipe is not None else None) or CoherenceSpec()
     enabled = spec.enabled if spec.enabled is not None else is_ultra_low(plan)
     if not enabled:
         return None

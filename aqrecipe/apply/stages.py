@@ -38,10 +38,10 @@ def protect_super_weights(
     plan: Plan, recipe: Recipe, imatrix: Any, work_dir: Path, outcome: StageOutcome
 ) -> None:
     """Detect super weights and add protection rules / imatrix boost (recipe ``super_weights``)."""
-    from aqrecipe.importance import SuperWeightsSection, analyze_importance, protect_plan, save_importance
+    from aqrecipe.importance import analyze_importance, protect_plan, save_importance
     from aqrecipe.models import open_model
 
-    section = SuperWeightsSection.from_dict(recipe.stage("super_weights"))
+    section = recipe.section("super_weights")
     if not section.enabled:
         return
     found = analyze_importance(open_model(plan.model_path), section.detect, imatrix=imatrix)
@@ -72,9 +72,9 @@ def run_stages(plan: Plan, recipe: Recipe | None, imatrix: Any, work_dir: Path) 
     outcome = StageOutcome(imatrix=imatrix)
     if recipe is None:
         return outcome
-    if recipe.stage("super_weights") is not None:
+    if recipe.section("super_weights") is not None:
         protect_super_weights(plan, recipe, outcome.imatrix, work_dir, outcome)
-    if recipe.stage("planner") is not None:
+    if recipe.section("planner") is not None:
         plan_with_budget(plan, recipe, outcome.imatrix, work_dir, outcome)
     return outcome
 
@@ -84,7 +84,7 @@ def plan_with_budget(plan: Plan, recipe: Recipe, imatrix: Any, work_dir: Path, o
     from aqrecipe.planner import plan_dynamic
 
     # protected tensors are fixed at their protected type: the planner spends only the bytes left
-    rules, report = plan_dynamic(plan.model_path, recipe.stage("planner"), imatrix, work_dir / "planner",
+    rules, report = plan_dynamic(plan.model_path, recipe.section("planner"), imatrix, work_dir / "planner",
                                  fixed_types=outcome.fixed_types)
     protected = {r.pattern for r in outcome.rules} | set(outcome.fixed_types)
     outcome.rules.extend(r for r in rules if r.pattern not in protected)

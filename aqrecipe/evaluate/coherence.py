@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from aqrecipe.recipe.sections import CoherenceSpec  # the recipe's ``coherence`` section
+
 #: Fixed prompts: varied topics so one lucky continuation cannot hide a collapse.
 PROMPTS: tuple[str, ...] = (
     "The capital of France is",
@@ -28,27 +30,6 @@ GENERATION_CONTEXT = 256  # tokens: a prompt plus ``new_tokens`` greedy ones
 
 #: Types at or under ~2.6 bits per weight: a plan using any of them is validated by default.
 ULTRA_LOW_TYPES = frozenset({"Q2_K", "IQ2_XXS", "IQ1_S", "IQ1_M", "TQ1_0", "TQ2_0"})
-
-
-@dataclass(frozen=True)
-class CoherenceSpec:
-    """Thresholds of the coherence checks (the recipe's ``coherence`` section)."""
-
-    enabled: bool | None = None  # None: automatic (on for ultra-low-bit plans)
-    max_ppl_ratio: float = 2.0
-    min_top1: float = 0.5
-    max_loop_share: float = 0.5  # share of prompts whose generation loops
-    strict: bool = False  # a failed check makes apply exit with code 1
-    chunks: int = 4
-    context: int = 512
-    new_tokens: int = 48
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> CoherenceSpec:
-        return cls(**(data or {}))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

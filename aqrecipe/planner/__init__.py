@@ -3,11 +3,11 @@
 Importing this package does not import torch (only :mod:`.kld` does, lazily).
 """
 
-from aqrecipe.planner.config import SCHEMA_FRAGMENT, MeasurementSpec, PlannerSpec
+from aqrecipe.planner.config import DEFAULT_CANDIDATES, SCHEMA_FRAGMENT, MeasurementSpec, PlannerSpec
 from aqrecipe.planner.dynamic import plan_dynamic
 from aqrecipe.planner.fit import fit_calibration, spearman
 from aqrecipe.planner.measure import measure
-from aqrecipe.planner.measurement import DEFAULT_CANDIDATES, Calibration, Measurement, TensorMeasurement, TypeOption, imatrix_hash
+from aqrecipe.planner.measurement import Calibration, Measurement, TensorMeasurement, TypeOption, imatrix_hash
 from aqrecipe.planner.planner import Budget, PlanResult, as_plan_spec, as_rules, plan_types, solve_plan
 from aqrecipe.planner.report import PlannerReport, build_report
 from aqrecipe.planner.solver import Group, Option, Solution, solve_dp, solve_lagrangian

@@ -10,6 +10,7 @@ from aqrecipe.errors import RecipeError
 from aqrecipe.recipe import issues as codes
 from aqrecipe.recipe.issues import RecipeIssue, recipe_error, sort_issues
 from aqrecipe.recipe.model import Recipe, build_recipe
+from aqrecipe.recipe.sections import build_sections
 from aqrecipe.recipe.validate import collect_issues, describe_type
 from aqrecipe.recipe.yaml_positions import PositionIndex, decode_utf8, parse_yaml
 
@@ -52,7 +53,8 @@ def parse_recipe(text: str | bytes, source_path: str | os.PathLike[str] | None =
         found.extend(_without_noise(_check(parsed.data, parsed.positions), parsed.refused))
     if found:
         raise _fail(found, path)
-    return build_recipe(parsed.data, source_path=path, source_text=text, positions=parsed.positions)
+    return build_recipe(parsed.data, source_path=path, source_text=text, positions=parsed.positions,
+                        sections=build_sections(parsed.data))
 
 
 def recipe_from_dict(data: Any) -> Recipe:
@@ -60,7 +62,7 @@ def recipe_from_dict(data: Any) -> Recipe:
     found = _check(data, PositionIndex(None))
     if found:
         raise _fail(found, None)
-    return build_recipe(data)
+    return build_recipe(data, sections=build_sections(data))
 
 
 def validate_data(data: Any) -> list[RecipeIssue]:

@@ -130,6 +130,8 @@ class Recipe:
     evaluation: EvaluationSpec
     #: Stage sections (imatrix, coherence, ...) as validated data; each stage reads its own.
     stages: tuple[tuple[str, Any], ...] = ()
+    #: The same sections typed (aqrecipe.recipe.sections), built once by the loader; derived from ``stages``.
+    sections: tuple[tuple[str, Any], ...] = field(default=(), compare=False, repr=False)
     source_path: Path | None = field(default=None, compare=False)
     source_text: str | None = field(default=None, compare=False, repr=False)
     positions: PositionIndex | None = field(default=None, compare=False, repr=False)
@@ -149,8 +151,14 @@ class Recipe:
         return out
 
     def stage(self, name: str) -> Any:
-        """The validated data of one stage section (``imatrix``, ``coherence``, ...), or None."""
+        """The validated data of one stage section as written (``imatrix``, ``coherence``, ...), or None."""
         return dict(self.stages).get(name)
+
+    def section(self, name: str) -> Any:
+        """One stage section as its typed frozen dataclass (aqrecipe.recipe.sections), or None when absent."""
+        if name not in STAGE_SECTIONS:
+            raise KeyError(f"no stage section {name!r} (one of {', '.join(STAGE_SECTIONS)})")
+        return dict(self.sections).get(name)
 
     @property
     def base_dir(self) -> Path:
@@ -184,8 +192,9 @@ class Recipe:
 
 
 def build_recipe(data: dict[str, Any], *, source_path: Path | None = None, source_text: str | None = None,
-                 positions: PositionIndex | None = None) -> Recipe:
-    """Recipe from schema-valid ``data``, filling defaults (the caller validated ``data``)."""
+                 positions: PositionIndex | None = None, sections: tuple[tuple[str, Any], ...] = ()) -> Recipe:
+    """Recipe from schema-valid ``data``, filling defaults (the caller validated ``data``);
+    ``sections``: the typed stage sections (:func:`aqrecipe.recipe.sections.build_sections`)."""
     out = data.get("output", {})
     quant = data["quantization"]
     ev = data.get("evaluation", {})
@@ -216,6 +225,7 @@ def build_recipe(data: dict[str, Any], *, source_path: Path | None = None, sourc
             context=int(ev.get("context", defaults.context)),
         ),
         stages=tuple((name, data[name]) for name in STAGE_SECTIONS if name in data),
+        sections=sections,
         source_path=source_path,
         source_text=source_text,
         positions=positions,

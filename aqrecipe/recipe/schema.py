@@ -32,6 +32,14 @@ def validator() -> Draft202012Validator:
     return Draft202012Validator(_inline_refs(schema, schema["$defs"]))
 
 
+@functools.cache
+def section_validator(name: str) -> Draft202012Validator:
+    """A validator of ``{name: section}``: error paths start at the section's key, as in a whole recipe."""
+    schema = load_schema()
+    return Draft202012Validator({"type": "object", "properties": {name: _inline_refs(schema["$defs"][name],
+                                                                                     schema["$defs"])}})
+
+
 def _inline_refs(node: Any, defs: dict[str, Any]) -> Any:
     """Replace local ``#/$defs/x`` references by their targets.
 

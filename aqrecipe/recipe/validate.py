@@ -15,7 +15,7 @@ from aqrecipe.recipe import issues as codes
 from aqrecipe.recipe.issues import RecipeIssue, did_you_mean
 from aqrecipe.recipe.model import REGEX_PREFIX
 from aqrecipe.recipe.paths import Key, format_path
-from aqrecipe.recipe.schema import mixture_names, type_names, validator
+from aqrecipe.recipe.schema import mixture_names, section_validator, type_names, validator
 from aqrecipe.recipe.yaml_positions import PositionIndex
 
 _JSON_TYPE_WORDS = {
@@ -48,6 +48,15 @@ def collect_issues(data: Any, positions: PositionIndex | None = None) -> list[Re
     for error in validator().iter_errors(data):
         found.extend(_map_error(error, index))
     found.extend(_regex_issues(data, index))
+    return found
+
+
+def collect_section_issues(name: str, data: Any) -> list[RecipeIssue]:
+    """The schema issues of one stage section on its own (paths such as ``$.smoothquant.alpha``)."""
+    index = PositionIndex(None)
+    found: list[RecipeIssue] = []
+    for error in section_validator(name).iter_errors({name: data}):
+        found.extend(_map_error(error, index))
     return found
 
 
