@@ -10,12 +10,18 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from aqrecipe.smoothquant.config import SmoothQuantConfig, SmoothQuantError
 from aqrecipe.smoothquant.mappings import SmoothGroup, norm_offset, resolve_groups
+
+if TYPE_CHECKING:
+    from aqrecipe.calibration.data import CalibrationSpec
+    from aqrecipe.calibration.runner import CalibrationResult
+    from aqrecipe.calibration.stats import ChannelStats
+    from aqrecipe.models.protocol import WeightSource
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +61,7 @@ class SmoothQuantResult:
         }
 
 
-def group_statistics(groups: Sequence[SmoothGroup], stats: Mapping[str, Any], source: Any
+def group_statistics(groups: Sequence[SmoothGroup], stats: Mapping[str, ChannelStats], source: WeightSource
                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per group: max |X_j| of the norm output (from the calibration observers) and max |W_j|."""
     from aqrecipe.smoothquant.scales import weight_column_max
@@ -119,7 +125,7 @@ def simulated_w8a8(model: Any, input_scales: Mapping[str, float] | None) -> Any:
     return quantize_model_(copy.deepcopy(model), input_scales)
 
 
-def _require_extras(cfg: SmoothQuantConfig, output: Any) -> None:
+def _require_extras(cfg: SmoothQuantConfig, output: str | os.PathLike[str] | None) -> None:
     """Fail before calibrating when a package the run needs is missing (the modules under
     :mod:`aqrecipe.smoothquant` import torch and compressed-tensors plainly: they run after this)."""
     from aqrecipe.optional import require, require_torch
@@ -131,8 +137,38 @@ def _require_extras(cfg: SmoothQuantConfig, output: Any) -> None:
         require("compressed_tensors", COMPRESSED_TENSORS)
 
 
-def run_smoothquant(recipe_section: SmoothQuantConfig | Mapping[str, Any] | None, model_ref: Any,
-                    calibration_spec: Any, work_dir: str | os.PathLike[str], output: str | os.PathLike[str] | None = None,
+@dataclass(frozen=True)
+class _Calibrated:
+    """The float model and what calibration measured on it: everything the smoothing steps read."""
+
+    cfg: SmoothQuantConfig
+    source: WeightSource
+    groups: list[SmoothGroup]
+    offset: float  # the norms' weight offset (1.0 for Gemma-style norms)
+    names: dict[str, str]  # module name -> llama.cpp name
+    calib: CalibrationResult
+    windows: np.ndarray  # the calibration windows
+    act: dict[str, np.ndarray]  # group key -> max |X_j|
+    wmax: dict[str, np.ndarray]  # group key -> max |W_j|
+    model: Any  # the float torch model (no torch import here)
+    channel_max: dict[str, np.ndarray]  # decoder linear -> max |X_j| of its input
+
+    @property
+    def static(self) -> bool:
+        return self.cfg.activations == "static-per-tensor"
+
+    def quantized(self, alpha: float) -> Any:
+        """The simulated W8A8 model smoothed with ``alpha``."""
+        sc = compute_scales(self.groups, self.act, self.wmax, alpha)
+        sm = smoothed_copy(self.model, self.groups, sc, self.offset)
+        return simulated_w8a8(sm, static_input_scales(self.channel_max, linear_scales(self.groups, sc))
+                              if self.static else None)
+
+
+def run_smoothquant(recipe_section: SmoothQuantConfig | Mapping[str, Any] | None,
+                    model_ref: str | os.PathLike[str] | WeightSource,
+                    calibration_spec: CalibrationSpec, work_dir: str | os.PathLike[str],
+                    output: str | os.PathLike[str] | None = None,
                     *, evaluate: bool = True, eval_chunks: int = 16, eval_context: int = 512,
                     eval_text: str | os.PathLike[str] | None = None, probe_samples: int = 4,
                     quiet: bool = True) -> SmoothQuantResult:
@@ -142,19 +178,43 @@ def run_smoothquant(recipe_section: SmoothQuantConfig | Mapping[str, Any] | None
     calibration checkpoints, the scales file and the JSON report go to ``work_dir``.
     ``output`` overrides the section's ``output.path``.
     """
-    from aqrecipe.calibration.data import calibration_windows, load_tokenizer
-    from aqrecipe.imatrix.compute import calibrate
-    from aqrecipe.models import ModelSource, open_model
-    from aqrecipe.smoothquant.analysis import activation_errors, group_report, problem_layers, save_scales, scale_arrays
-    from aqrecipe.smoothquant.torch_model import load_float_model, max_relative_logit_diff, mean_nll, window_logits
+    from aqrecipe.formats.fileio import atomic_write_text
 
     cfg = recipe_section if isinstance(recipe_section, SmoothQuantConfig) else SmoothQuantConfig.from_dict(recipe_section)
     _require_extras(cfg, output)
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
+    c = _calibrate(cfg, model_ref, calibration_spec, work, quiet, seconds)
+    alpha, search = _choose_alpha(c, seconds)
+    scales, smoothed, probe, rel = _smooth_checked(c, alpha, probe_samples)
+    smooth = linear_scales(c.groups, scales)
+    input_scales = static_input_scales(c.channel_max, smooth) if c.static else None
+    quality = (_evaluate_w8a8(c, smoothed, input_scales, eval_text, eval_chunks, eval_context, seconds)
+               if evaluate else None)
+    errors, problems, reports, scales_path = _analyse(c, alpha, scales, smooth, probe, work, seconds)
+    written = _write(c, smoothed, input_scales, output if output is not None else cfg.output_path, work, seconds)
+    result = SmoothQuantResult(
+        model=str(c.source.path), config=cfg.to_dict(), alpha=alpha, alpha_search=tuple(search),
+        equivalence_max_rel_logit_diff=rel, groups=tuple(reports),
+        activation_errors={c.names[n]: v for n, v in errors.items()}, problems=tuple(problems), quality=quality,
+        calibration={"samples": c.calib.n_samples, "seq_len": c.calib.seq_len,
+                     "source": calibration_spec.describe()},
+        scales_path=str(scales_path), output=written, seconds=seconds)
+    atomic_write_text(work / "smoothquant_report.json", json.dumps(result.to_dict(), indent=1, sort_keys=True))
+    return result
+
+
+def _calibrate(cfg: SmoothQuantConfig, model_ref: str | os.PathLike[str] | WeightSource,
+               calibration_spec: CalibrationSpec, work: Path, quiet: bool, seconds: dict[str, float]) -> _Calibrated:
+    """Open the model, resolve the smoothing groups, calibrate, and load the float model."""
+    from aqrecipe.calibration.data import calibration_windows, load_tokenizer
+    from aqrecipe.imatrix.compute import calibrate
+    from aqrecipe.models import ModelSource, open_model
+    from aqrecipe.smoothquant.torch_model import load_float_model
+
     t = time.perf_counter()
-    source = model_ref if isinstance(model_ref, ModelSource) else open_model(model_ref)
+    source = model_ref if isinstance(model_ref, ModelSource) else open_model(model_ref)  # type: ignore[arg-type]
     groups = resolve_groups(source, cfg) if cfg.enabled else []
     offset = norm_offset(source.config)
     names = {t_.hf_name.removesuffix(".weight"): t_.gguf_name for t_ in source.tensors}
@@ -167,76 +227,92 @@ def run_smoothquant(recipe_section: SmoothQuantConfig | Mapping[str, Any] | None
     from aqrecipe.smoothquant.fakequant import decoder_linears
 
     channel_max = {n: calib.stats[names[n]].absmax for n in decoder_linears(model)}
-    static = cfg.activations == "static-per-tensor"
+    return _Calibrated(cfg, source, groups, offset, names, calib, windows, act, wmax, model, channel_max)
 
-    def quantized(alpha: float) -> Any:
-        sc = compute_scales(groups, act, wmax, alpha)
-        sm = smoothed_copy(model, groups, sc, offset)
-        return simulated_w8a8(sm, static_input_scales(channel_max, linear_scales(groups, sc)) if static else None)
 
+def _choose_alpha(c: _Calibrated, seconds: dict[str, float]) -> tuple[float | str | None, list[dict[str, float]]]:
+    """The global alpha (None: smoothing disabled) and, for ``alpha: auto``, the grid search's rows."""
+    from aqrecipe.smoothquant.torch_model import mean_nll
+
+    cfg = c.cfg
     search: list[dict[str, float]] = []
     alpha: float | str | None = None if not cfg.enabled else cfg.alpha
     if cfg.enabled and cfg.is_auto:
         t = time.perf_counter()
-        scored = windows[: cfg.auto_samples]
+        scored = c.windows[: cfg.auto_samples]
         for a in cfg.alpha_grid:
-            search.append({"alpha": a, "calibration_nll": mean_nll(quantized(a), scored)})
+            search.append({"alpha": a, "calibration_nll": mean_nll(c.quantized(a), scored)})
             log.info("alpha %.2f: calibration NLL %.5f", a, search[-1]["calibration_nll"])
         alpha = min(search, key=lambda r: (r["calibration_nll"], r["alpha"]))["alpha"]
         seconds["alpha_search"] = time.perf_counter() - t
+    return alpha, search
 
-    scales = compute_scales(groups, act, wmax, float(alpha)) if groups else {}
-    smooth = linear_scales(groups, scales)
-    smoothed = smoothed_copy(model, groups, scales, offset)
-    probe = windows[: max(1, min(probe_samples, len(windows)))]
-    rel = max_relative_logit_diff(window_logits(model, probe), window_logits(smoothed, probe))
+
+def _smooth_checked(c: _Calibrated, alpha: float | str | None, probe_samples: int
+                    ) -> tuple[dict[str, np.ndarray], Any, np.ndarray, float]:
+    """The scales, the smoothed float model, the probe windows and the logit difference smoothing made
+    (raises when smoothing changed the float model's logits)."""
+    from aqrecipe.smoothquant.torch_model import max_relative_logit_diff, window_logits
+
+    scales = compute_scales(c.groups, c.act, c.wmax, float(alpha)) if c.groups else {}  # type: ignore[arg-type]
+    smoothed = smoothed_copy(c.model, c.groups, scales, c.offset)
+    probe = c.windows[: max(1, min(probe_samples, len(c.windows)))]
+    rel = max_relative_logit_diff(window_logits(c.model, probe), window_logits(smoothed, probe))
     if rel > EQUIVALENCE_LIMIT:
         raise SmoothQuantError(f"smoothing changed the float model's logits (max relative difference {rel:.3g})",
                                hint="a smoothing group holds a linear that does not read its norm's output")
-    input_scales = static_input_scales(channel_max, smooth) if static else None
+    return scales, smoothed, probe, rel
 
-    quality = None
-    if evaluate:
-        from aqrecipe.evaluate import evaluate as run_eval
-        from aqrecipe.smoothquant.torch_model import ModuleBackend, load_tokenizer as hf_tokenizer
 
-        t = time.perf_counter()
-        tok = hf_tokenizer(source)
-        sim = simulated_w8a8(smoothed, input_scales)
-        report = run_eval(ModuleBackend(sim, tok, "w8a8-simulated"), reference=ModuleBackend(model, tok, "float32"),
-                          text=eval_text, chunks=eval_chunks, context=eval_context)
-        quality = report.to_dict()
-        del sim
-        seconds["evaluate"] = time.perf_counter() - t
+def _evaluate_w8a8(c: _Calibrated, smoothed: Any, input_scales: Mapping[str, float] | None,
+                   eval_text: str | os.PathLike[str] | None, eval_chunks: int, eval_context: int,
+                   seconds: dict[str, float]) -> dict[str, Any]:
+    """PPL / KLD / top-1 of the simulated W8A8 model against the float one."""
+    from aqrecipe.evaluate import evaluate as run_eval
+    from aqrecipe.smoothquant.torch_model import ModuleBackend, load_tokenizer as hf_tokenizer
 
     t = time.perf_counter()
-    errors = activation_errors(model, probe, smooth, channel_max if static else None)
-    alphas = {lin: (g.alpha if g.alpha is not None else float(alpha)) for g in groups for lin in g.linears}
-    problems = problem_layers(errors, names, alphas, cfg.problem_threshold)
-    reports = [group_report(g, alphas[g.linears[0]], scales[g.key], act[g.key], wmax[g.key]) for g in groups]
+    tok = hf_tokenizer(c.source)
+    sim = simulated_w8a8(smoothed, input_scales)
+    report = run_eval(ModuleBackend(sim, tok, "w8a8-simulated"), reference=ModuleBackend(c.model, tok, "float32"),
+                      text=eval_text, chunks=eval_chunks, context=eval_context)
+    quality = report.to_dict()
+    del sim
+    seconds["evaluate"] = time.perf_counter() - t
+    return quality
+
+
+def _analyse(c: _Calibrated, alpha: float | str | None, scales: Mapping[str, np.ndarray],
+             smooth: Mapping[str, np.ndarray], probe: np.ndarray, work: Path, seconds: dict[str, float]
+             ) -> tuple[dict[str, tuple[float, float]], list[dict[str, Any]], list[dict[str, Any]], Path]:
+    """Activation errors, problem layers and per-group reports; the scales file saved to ``work``."""
+    from aqrecipe.smoothquant.analysis import activation_errors, group_report, problem_layers, save_scales, scale_arrays
+
+    t = time.perf_counter()
+    groups = c.groups
+    errors = activation_errors(c.model, probe, smooth, c.channel_max if c.static else None)
+    alphas = {lin: (g.alpha if g.alpha is not None else float(alpha)) for g in groups  # type: ignore[arg-type]
+              for lin in g.linears}
+    problems = problem_layers(errors, c.names, alphas, c.cfg.problem_threshold)
+    reports = [group_report(g, alphas[g.linears[0]], scales[g.key], c.act[g.key], c.wmax[g.key]) for g in groups]
     scales_path = work / "smoothquant_scales.safetensors"
-    save_scales(scales_path, scale_arrays(groups, scales, act, wmax),
-                {"alpha": alpha, "groups": [g.to_dict() for g in groups], "norm_offset": offset})
+    save_scales(scales_path, scale_arrays(groups, scales, c.act, c.wmax),
+                {"alpha": alpha, "groups": [g.to_dict() for g in groups], "norm_offset": c.offset})
     seconds["analyse"] = time.perf_counter() - t
+    return errors, problems, reports, scales_path
 
-    dest = output if output is not None else cfg.output_path
-    if dest is not None and cfg.output != "none":
-        t = time.perf_counter()
-        from aqrecipe.output.w8a8 import write_compressed_tensors, write_q8_0_gguf
 
-        if cfg.output == "compressed-tensors":
-            write_compressed_tensors(smoothed, source, Path(dest), input_scales)
-        else:
-            write_q8_0_gguf(smoothed, source, Path(dest), work)
-        seconds["write"] = time.perf_counter() - t
-    result = SmoothQuantResult(
-        model=str(source.path), config=cfg.to_dict(), alpha=alpha, alpha_search=tuple(search),
-        equivalence_max_rel_logit_diff=rel, groups=tuple(reports),
-        activation_errors={names[n]: v for n, v in errors.items()}, problems=tuple(problems), quality=quality,
-        calibration={"samples": calib.n_samples, "seq_len": calib.seq_len, "source": calibration_spec.describe()},
-        scales_path=str(scales_path), output=str(dest) if dest is not None and cfg.output != "none" else None,
-        seconds=seconds)
-    from aqrecipe.formats.fileio import atomic_write_text
+def _write(c: _Calibrated, smoothed: Any, input_scales: Mapping[str, float] | None,
+           dest: str | os.PathLike[str] | None, work: Path, seconds: dict[str, float]) -> str | None:
+    """Write the W8A8 model (compressed-tensors or Q8_0 GGUF); returns where, or None."""
+    if dest is None or c.cfg.output == "none":
+        return None
+    t = time.perf_counter()
+    from aqrecipe.output.w8a8 import write_compressed_tensors, write_q8_0_gguf
 
-    atomic_write_text(work / "smoothquant_report.json", json.dumps(result.to_dict(), indent=1, sort_keys=True))
-    return result
+    if c.cfg.output == "compressed-tensors":
+        write_compressed_tensors(smoothed, c.source, Path(dest), input_scales)
+    else:
+        write_q8_0_gguf(smoothed, c.source, Path(dest), work)
+    seconds["write"] = time.perf_counter() - t
+    return str(dest)
