@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aqrecipe.errors import ImatrixError
 from aqrecipe.recipe.issues import CALIBRATION_FILE_NOT_FOUND, EVALUATION_FILE_NOT_FOUND, IMATRIX_FILE_NOT_FOUND
 
 if TYPE_CHECKING:
+    from aqrecipe.apply.options import ApplyOptions
     from aqrecipe.recipe import Recipe, RecipeIssue
 
 RELATIVE = "a recipe's paths are relative to the recipe file"
@@ -61,7 +62,7 @@ def named_inputs(recipe: Recipe) -> list[InputFile]:
     return found
 
 
-def used_inputs(recipe: Recipe | None, options: Any) -> list[InputFile]:
+def used_inputs(recipe: Recipe | None, options: ApplyOptions) -> list[InputFile]:
     """The input files an apply with ``options`` (ApplyOptions) reads."""
     used = []
     if options.imatrix_path is not None:
@@ -85,7 +86,7 @@ def used_inputs(recipe: Recipe | None, options: Any) -> list[InputFile]:
     return used
 
 
-def check_inputs(recipe: Recipe | None, options: Any) -> None:
+def check_inputs(recipe: Recipe | None, options: ApplyOptions) -> None:
     """Raise the error the stage that reads each input file would raise, before any work.
 
     Text files are read and checked whole (missing, binary, not UTF-8, empty, too
@@ -104,7 +105,7 @@ def check_inputs(recipe: Recipe | None, options: Any) -> None:
             corpus.load_text_file(f.path)
 
 
-def check_extras(recipe: Recipe | None, options: Any) -> None:
+def check_extras(recipe: Recipe | None, options: ApplyOptions) -> None:
     """DependencyError now, not after packing, when a check the user asked for needs a missing extra.
 
     Evaluating a GGUF (``--eval``, ``evaluation.enabled``) and an explicit coherence

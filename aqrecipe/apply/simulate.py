@@ -23,6 +23,12 @@ import numpy as np
 from aqrecipe.plan import checked_source
 
 if TYPE_CHECKING:
+    import argparse
+
+    from aqrecipe.evaluate.backends import LogitsBackend
+    from aqrecipe.evaluate.report import QualityReport
+    from aqrecipe.imatrix import ImatrixData
+    from aqrecipe.imatrix.protocol import Importance
     from aqrecipe.importance import SuperWeight
     from aqrecipe.models import ModelSource
     from aqrecipe.plan import Plan, PlanEntry, Rule
@@ -52,7 +58,7 @@ def simulated_tensor(source: ModelSource, entry: PlanEntry, importance: np.ndarr
     return restore_super_weights({entry.hf_name: w}, mine)[entry.hf_name] if mine else w
 
 
-def simulated_tensors(plan: Plan, *, imatrix: Any = None, super_weights: Iterable[SuperWeight] = (),
+def simulated_tensors(plan: Plan, *, imatrix: Importance | None = None, super_weights: Iterable[SuperWeight] = (),
                       source: ModelSource | None = None) -> Iterator[tuple[PlanEntry, np.ndarray]]:
     """``(entry, float32 weights)`` for every tensor of ``plan``, one at a time, in plan order."""
     source = source or checked_source(plan)
@@ -68,7 +74,7 @@ class Prepared:
     """A plan after apply's rule-producing stages, with the imatrix and the values to restore."""
 
     plan: Plan
-    imatrix: Any = None
+    imatrix: ImatrixData | None = None
     restore: tuple[SuperWeight, ...] = ()
     report: dict[str, Any] = field(default_factory=dict)
 
@@ -121,10 +127,11 @@ def default_simulate_work_dir(target: Path) -> Path:
     return target.parent / ".aqrecipe-work" / f"{target.stem}-simulate"
 
 
-def evaluate_simulated(target: Path, *, reference: Any = None, text: Path | None = None, chunks: int = 16,
-                       context: int = 512, imatrix_path: Path | None = None, work_dir: Path | None = None,
+def evaluate_simulated(target: Path, *, reference: LogitsBackend | None = None, text: Path | None = None,
+                       chunks: int = 16, context: int = 512, imatrix_path: Path | None = None,
+                       work_dir: Path | None = None,
                        restart: bool = False, quiet: bool = False, extra_rules: Sequence[Rule] = (),
-                       n_threads: int | None = None) -> tuple[Any, dict[str, Any]]:
+                       n_threads: int | None = None) -> tuple[QualityReport, dict[str, Any]]:
     """Quality of a recipe's (or plan's) simulated quantization against the original model in torch.
 
     Returns ``(QualityReport, summary)``; the summary holds the simulated sizes and the stages' report.
@@ -145,7 +152,7 @@ def evaluate_simulated(target: Path, *, reference: Any = None, text: Path | None
     return report, {**prepared.summary(), **prepared.report}
 
 
-def eval_command(args: Any, extra_rules: Sequence[Rule] = ()) -> tuple[dict[str, Any], str]:
+def eval_command(args: argparse.Namespace, extra_rules: Sequence[Rule] = ()) -> tuple[dict[str, Any], str]:
     """``aqrecipe eval TARGET --simulate``: the JSON document and the text the CLI prints."""
     from aqrecipe.evaluate import format_report_table
 

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
+    from aqrecipe.imatrix import ImatrixData
+    from aqrecipe.importance import SuperWeight
     from aqrecipe.plan import Plan, Rule
     from aqrecipe.recipe import Recipe
 
@@ -28,14 +30,14 @@ class StageOutcome:
     """The rules the stages add, the (possibly boosted) imatrix and what to report."""
 
     rules: list[Rule] = field(default_factory=list)
-    imatrix: Any = None
+    imatrix: ImatrixData | None = None
     report: dict[str, Any] = field(default_factory=dict)
-    restore: tuple[Any, ...] = ()  # super weights whose exact values simulated/safetensors output restores
+    restore: tuple[SuperWeight, ...] = ()  # super weights whose exact values simulated/safetensors output restores
     fixed_types: dict[str, str] = field(default_factory=dict)  # protected tensors: the planner must not move them
 
 
 def protect_super_weights(
-    plan: Plan, recipe: Recipe, imatrix: Any, work_dir: Path, outcome: StageOutcome
+    plan: Plan, recipe: Recipe, imatrix: ImatrixData | None, work_dir: Path, outcome: StageOutcome
 ) -> None:
     """Detect super weights and add protection rules / imatrix boost (recipe ``super_weights``)."""
     from aqrecipe.importance import analyze_importance, protect_plan, save_importance
@@ -67,7 +69,7 @@ def protect_super_weights(
     log.info("super weights: %s; %d protection rule(s)", found.verdict, len(rules))
 
 
-def run_stages(plan: Plan, recipe: Recipe | None, imatrix: Any, work_dir: Path) -> StageOutcome:
+def run_stages(plan: Plan, recipe: Recipe | None, imatrix: ImatrixData | None, work_dir: Path) -> StageOutcome:
     """Run the rule-producing stages the recipe asks for."""
     outcome = StageOutcome(imatrix=imatrix)
     if recipe is None:
@@ -79,7 +81,7 @@ def run_stages(plan: Plan, recipe: Recipe | None, imatrix: Any, work_dir: Path) 
     return outcome
 
 
-def plan_with_budget(plan: Plan, recipe: Recipe, imatrix: Any, work_dir: Path, outcome: StageOutcome) -> None:
+def plan_with_budget(plan: Plan, recipe: Recipe, imatrix: ImatrixData | None, work_dir: Path, outcome: StageOutcome) -> None:
     """Measure sensitivities and solve the budget (recipe ``planner``); adds exact-name rules."""
     from aqrecipe.planner import plan_dynamic
 

@@ -19,9 +19,14 @@ import re
 import resource
 import sys
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING
 
 from aqrecipe.errors import MemoryLimitError
+
+if TYPE_CHECKING:
+    from aqrecipe.calibration.data import CalibrationSpec
+    from aqrecipe.calibration.runner import RunnerOptions
+    from aqrecipe.models.protocol import ModelRef, WeightSource
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +90,7 @@ def peak_rss() -> dict[str, int]:
     }
 
 
-def largest_step(source: Any) -> tuple[str, int]:
+def largest_step(source: WeightSource) -> tuple[str, int]:
     """The biggest thing one step holds: a decoder layer's weights in float32, or one other
     tensor read in float32 plus its packed copy. Returns (description, bytes)."""
     layers: dict[str, int] = {}
@@ -106,7 +111,7 @@ def largest_step(source: Any) -> tuple[str, int]:
     return best
 
 
-def check_fits(source: Any, max_memory: int, *, baseline: int | None = None) -> int:
+def check_fits(source: WeightSource, max_memory: int, *, baseline: int | None = None) -> int:
     """Bytes left after the process's current size and the model's largest step.
 
     Raises :class:`MemoryLimitError` when the largest step cannot fit at all.
@@ -124,8 +129,8 @@ def check_fits(source: Any, max_memory: int, *, baseline: int | None = None) -> 
     return free
 
 
-def calibration_options(options: Any, source: Any, *, samples: int, seq_len: int, max_memory: int,
-                        baseline: int | None = None) -> Any:
+def calibration_options(options: RunnerOptions, source: WeightSource, *, samples: int, seq_len: int,
+                        max_memory: int, baseline: int | None = None) -> RunnerOptions:
     """``options`` (RunnerOptions) sized to ``max_memory``: cache budget, and a smaller batch
     only when one default batch would not fit. Raises :class:`MemoryLimitError`.
 
@@ -157,7 +162,8 @@ def calibration_options(options: Any, source: Any, *, samples: int, seq_len: int
     return replace(options, max_cache_bytes=int(cache_budget))
 
 
-def limited_options(options: Any, model_ref: Any, spec: Any, max_memory: int | None) -> Any:
+def limited_options(options: RunnerOptions, model_ref: ModelRef, spec: CalibrationSpec, max_memory: int | None
+                    ) -> RunnerOptions:
     """``options`` (RunnerOptions) sized by :func:`calibration_options` for calibrating
     ``model_ref`` with ``spec`` (CalibrationSpec) under ``max_memory``; unchanged without a limit."""
     if max_memory is None:

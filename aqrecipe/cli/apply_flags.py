@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from aqrecipe.apply.options import ApplyOptions, ApplyResult
+    from aqrecipe.plan import Rule
 
 
 def add_apply_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,7 +64,7 @@ def max_memory_bytes(args: argparse.Namespace) -> int | None:
     return parse_memory(text)
 
 
-def apply_options(args: argparse.Namespace, extra_rules: Sequence[Any] = ()) -> Any:
+def apply_options(args: argparse.Namespace, extra_rules: Sequence[Rule] = ()) -> ApplyOptions:
     """ApplyOptions from apply/quantize flags (``extra_rules``: apply's --set rules)."""
     from aqrecipe.apply.options import ApplyOptions
 
@@ -76,7 +80,7 @@ def apply_options(args: argparse.Namespace, extra_rules: Sequence[Any] = ()) -> 
     )
 
 
-def summary_text(result: Any) -> str:
+def summary_text(result: ApplyResult) -> str:
     """The human summary of an apply: plan totals, output, quality, peak RSS and stage times."""
     from aqrecipe.evaluate import format_report_table
     from aqrecipe.plan import human_bytes, render_plan

@@ -13,10 +13,15 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from aqrecipe import __version__
 from aqrecipe.errors import EXIT_FAILURE, EXIT_OK, EXIT_USER_ERROR, AqrecipeError, RecipeError
+
+if TYPE_CHECKING:
+    from aqrecipe.apply.options import ApplyOptions, ApplyResult
+    from aqrecipe.plan import Plan
+    from aqrecipe.recipe import Recipe
 
 log = logging.getLogger("aqrecipe")
 
@@ -32,7 +37,7 @@ def _set_rules(args: argparse.Namespace) -> list:
 
 
 # --- validate / compile ---------------------------------------------------------
-def _model_issues(recipe: Any, plan: Any) -> list:
+def _model_issues(recipe: Recipe, plan: Plan) -> list:
     """Model-aware recipe problems (rules that match nothing) as positioned issues."""
     issues = []
     for text in plan.unused_rules:
@@ -91,20 +96,20 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 # --- apply / quantize --------------------------------------------------------------
-def _print_apply(args: argparse.Namespace, result: Any) -> None:
+def _print_apply(args: argparse.Namespace, result: ApplyResult) -> None:
     from aqrecipe.cli.apply_flags import summary_text
 
     _emit(args, result.to_dict(), summary_text(result))
 
 
-def _apply_options(args: argparse.Namespace) -> Any:
+def _apply_options(args: argparse.Namespace) -> ApplyOptions:
     from aqrecipe.cli.apply_flags import apply_options
 
     # quantize already wrote its --set rules into the recipe it built
     return apply_options(args, _set_rules(args) if args.command == "apply" else ())
 
 
-def _exit_code(result: Any) -> int:
+def _exit_code(result: ApplyResult) -> int:
     """The exit code of a finished apply: the worst failed check of its output, else 0.
 
     A failed evaluation (say llama.cpp crashed) is printed as the error it was and

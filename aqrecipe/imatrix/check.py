@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aqrecipe.errors import ImatrixError
 from aqrecipe.imatrix.data import ImatrixData
+
+if TYPE_CHECKING:
+    from aqrecipe.models.protocol import WeightSource
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ class ImatrixMatch:
         return d
 
 
-def expected_columns(model_source: Any) -> dict[str, int]:
+def expected_columns(model_source: WeightSource) -> dict[str, int]:
     """Weights llama.cpp collects imatrix data for: 2-D block weights (+ output.weight)."""
     out: dict[str, int] = {}
     for t in model_source.tensors:
@@ -44,7 +47,7 @@ def expected_columns(model_source: Any) -> dict[str, int]:
     return out
 
 
-def match_imatrix(imatrix: ImatrixData, model_source: Any) -> ImatrixMatch:
+def match_imatrix(imatrix: ImatrixData, model_source: WeightSource) -> ImatrixMatch:
     expected = expected_columns(model_source)
     matched, extra, sizes = [], [], []
     for name in imatrix.names:
@@ -65,7 +68,7 @@ def _listing(items: list[str], limit: int = 8) -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def check_against_model(imatrix: ImatrixData, model_source: Any, *, allow_partial: bool = False) -> ImatrixMatch:
+def check_against_model(imatrix: ImatrixData, model_source: WeightSource, *, allow_partial: bool = False) -> ImatrixMatch:
     """Refuse an imatrix whose names or sizes do not match ``model_source``.
 
     Entries for weights the model lacks, or with another column count, are

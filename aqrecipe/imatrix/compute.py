@@ -6,7 +6,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from aqrecipe.calibration.checkpoint import WorkDir, sha256_json
 from aqrecipe.calibration.data import CalibrationSpec, calibration_windows, load_tokenizer
@@ -15,6 +15,11 @@ from aqrecipe.calibration.runner import CALIBRATION, CalibrationResult, RunnerOp
 from aqrecipe.errors import CalibrationDataError
 from aqrecipe.imatrix.data import ImatrixData
 from aqrecipe.optional import require_torch
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from aqrecipe.models.protocol import ModelRef, WeightSource
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +36,7 @@ def tool_version() -> str:
            f"numpy {numpy.__version__}"
 
 
-def run_components(source: Any, spec: CalibrationSpec, windows: Any, options: RunnerOptions,
+def run_components(source: WeightSource, spec: CalibrationSpec, windows: np.ndarray, options: RunnerOptions,
                    observers: Sequence[LinearObserver] = ()) -> dict[str, str]:
     """The fingerprint components of a calibration run (see checkpoint.fingerprint)."""
     data = hashlib.sha256(sha256_json(spec.to_dict()).encode())
@@ -45,7 +50,7 @@ def run_components(source: Any, spec: CalibrationSpec, windows: Any, options: Ru
     }
 
 
-def calibrate(model_ref: Any, spec: CalibrationSpec = CalibrationSpec(),
+def calibrate(model_ref: ModelRef, spec: CalibrationSpec = CalibrationSpec(),
               work_dir: str | os.PathLike[str] | None = None, *, restart: bool = False,
               options: RunnerOptions = RunnerOptions(), observers: Sequence[LinearObserver] = (),
               quiet: bool = False, base_dir: Path | None = None) -> CalibrationResult:
@@ -68,7 +73,7 @@ def calibrate(model_ref: Any, spec: CalibrationSpec = CalibrationSpec(),
         return run_calibration(source, windows, options=options, work=work, observers=observers, quiet=quiet)
 
 
-def compute_imatrix(model_ref: Any, spec: CalibrationSpec = CalibrationSpec(),
+def compute_imatrix(model_ref: ModelRef, spec: CalibrationSpec = CalibrationSpec(),
                     work_dir: str | os.PathLike[str] | None = None, *, output: str | os.PathLike[str] | None = None,
                     restart: bool = False, options: RunnerOptions = RunnerOptions(),
                     quiet: bool = False, base_dir: Path | None = None) -> ImatrixData:

@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from aqrecipe.importance.config import DetectSpec
 from aqrecipe.importance.model import SuperWeight
 from aqrecipe.models.tensor_names import layer_of
+
+if TYPE_CHECKING:
+    from aqrecipe.calibration.runner import CalibrationResult, RunnerOptions
+    from aqrecipe.models.protocol import WeightSource
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,7 @@ class DownRanges:
     max_out: Mapping[int, np.ndarray]
 
     @classmethod
-    def from_result(cls, result: Any) -> "DownRanges":
+    def from_result(cls, result: CalibrationResult) -> "DownRanges":
         """From a :class:`~aqrecipe.calibration.runner.CalibrationResult`."""
         return cls(dict(result.down_proj_max_in), dict(result.down_proj_max_out))
 
@@ -54,7 +58,7 @@ def spike_ratios(ranges: DownRanges) -> dict[int, float]:
 class DownWeights:
     """Reads (and caches) ffn_down weights of a model source, by layer."""
 
-    def __init__(self, source: Any) -> None:
+    def __init__(self, source: WeightSource) -> None:
         self.source = source
         self.names = {}
         for t in source.tensors:
@@ -140,7 +144,7 @@ def detect_by_activation(measure: Measure, weights: DownWeights, spec: DetectSpe
 class ZeroedSource:
     """A model source whose reads return some weights set to 0 (everything else delegated)."""
 
-    def __init__(self, source: Any, zeroed: Sequence[SuperWeight]) -> None:
+    def __init__(self, source: WeightSource, zeroed: Sequence[SuperWeight]) -> None:
         self._source = source
         self._zeroed: dict[str, list[tuple[int, int]]] = {}
         for sw in zeroed:
@@ -166,7 +170,7 @@ class ZeroedSource:
         return hashlib.sha256(self._source.fingerprint().encode() + blob).hexdigest()
 
 
-def runner_measure(source: Any, windows: np.ndarray, options: Any = None) -> Measure:
+def runner_measure(source: WeightSource, windows: np.ndarray, options: RunnerOptions | None = None) -> Measure:
     """A :data:`Measure` that runs the sequential calibration runner on ``windows``."""
     from aqrecipe.calibration.runner import RunnerOptions, run_calibration
 

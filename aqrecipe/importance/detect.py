@@ -8,7 +8,7 @@ super weight: when no spike passes the thresholds the result says
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -20,8 +20,13 @@ from aqrecipe.importance.model import NO_SUPER_WEIGHT, ImportanceMatrix, SuperWe
 from aqrecipe.importance.scores import combine_scores, imatrix_tensor_scores
 from aqrecipe.models.tensor_names import layer_of
 
+if TYPE_CHECKING:
+    from aqrecipe.calibration.runner import CalibrationResult
+    from aqrecipe.imatrix import ImatrixData
+    from aqrecipe.models.protocol import WeightSource
 
-def detection_windows(source: Any, spec: DetectSpec) -> np.ndarray:
+
+def detection_windows(source: WeightSource, spec: DetectSpec) -> np.ndarray:
     """``spec.samples`` windows of ``spec.seq_len`` tokens from the built-in calibration split."""
     from aqrecipe.calibration.data import CalibrationSpec, calibration_windows, load_tokenizer
 
@@ -81,8 +86,8 @@ def merge(act: Sequence[SuperWeight], grad: GradientResult | None, grad_found: S
     return kept[: spec.max_count], notes
 
 
-def analyze_importance(source: Any, spec: DetectSpec = DetectSpec(), *, imatrix: Any = None,
-                       calibration: Any = None, windows: np.ndarray | None = None,
+def analyze_importance(source: WeightSource, spec: DetectSpec = DetectSpec(), *, imatrix: ImatrixData | None = None,
+                       calibration: CalibrationResult | None = None, windows: np.ndarray | None = None,
                        measure: Measure | None = None, dataset_info: dict[str, Any] | None = None) -> ImportanceMatrix:
     """Find super weights and score tensors/layers.
 

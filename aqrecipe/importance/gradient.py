@@ -10,11 +10,14 @@ activation detector's candidates) is looked up while the gradients exist.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from aqrecipe.optional import require_torch
+
+if TYPE_CHECKING:
+    from aqrecipe.models.protocol import WeightSource
 
 GRADIENT = "gradient super-weight detection"
 
@@ -34,7 +37,7 @@ class GradientResult:
         return float(np.median(vals)) if vals else 0.0
 
 
-def gradient_saliency(source: Any, windows: np.ndarray,
+def gradient_saliency(source: WeightSource, windows: np.ndarray,
                       lookups: Sequence[tuple[str, int, int]] = ()) -> GradientResult:
     """Run loss + backward on ``windows`` ``[samples, seq_len]`` and collect |W * dL/dW|.
 
@@ -70,7 +73,7 @@ def gradient_saliency(source: Any, windows: np.ndarray,
     return res
 
 
-def load_torch_model(source: Any):
+def load_torch_model(source: WeightSource):
     """The full HF model in float32 on CPU, weights read through ``source`` (so edits apply)."""
     torch, transformers = require_torch(GRADIENT)
 

@@ -12,7 +12,7 @@ quantization.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from aqrecipe.quant.blocktypes import layout
 from aqrecipe.importance.config import ProtectSpec, SuperWeightsSection
 from aqrecipe.importance.model import ImportanceMatrix, SuperWeight
 from aqrecipe.plan import Rule
+
+if TYPE_CHECKING:
+    from aqrecipe.imatrix.data import ImatrixData
 
 ORIGIN = "super_weights.protect"
 
@@ -34,7 +37,8 @@ def protection_rules(super_weights: ImportanceMatrix | Iterable[SuperWeight], te
     return [Rule(pattern=n, type=tensor_type, kind="exact", origin=ORIGIN) for n in names]
 
 
-def boost_imatrix(imatrix: Any, super_weights: ImportanceMatrix | Iterable[SuperWeight], factor: float) -> Any:
+def boost_imatrix(imatrix: ImatrixData, super_weights: ImportanceMatrix | Iterable[SuperWeight], factor: float
+                  ) -> ImatrixData:
     """A copy of ``imatrix`` with each super weight's column importance multiplied by ``factor``.
 
     Only the entries that change are copied; ``imatrix`` itself is not modified.
@@ -53,8 +57,8 @@ def boost_imatrix(imatrix: Any, super_weights: ImportanceMatrix | Iterable[Super
     return ImatrixData(entries, list(imatrix.datasets), imatrix.chunk_count, imatrix.chunk_size)
 
 
-def protect_plan(rules: Sequence[Rule], imatrix: Any, super_weights: ImportanceMatrix | Iterable[SuperWeight],
-                 section: SuperWeightsSection | ProtectSpec) -> tuple[list[Rule], Any]:
+def protect_plan(rules: Sequence[Rule], imatrix: ImatrixData | None, super_weights: ImportanceMatrix | Iterable[SuperWeight],
+                 section: SuperWeightsSection | ProtectSpec) -> tuple[list[Rule], ImatrixData | None]:
     """Add protection to a recipe's rules and imatrix; returns ``(rules, imatrix)``.
 
     The protection rules come first, so they win over the recipe's globs and

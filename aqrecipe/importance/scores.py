@@ -8,14 +8,17 @@ tensor were removed). Each metric also comes normalised to sum 1 over tensors
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import numpy as np
 
 from aqrecipe.models.tensor_names import layer_of
 
+if TYPE_CHECKING:
+    from aqrecipe.imatrix import ImatrixData
 
-def imatrix_tensor_scores(imatrix: Any) -> dict[str, float]:
+
+def imatrix_tensor_scores(imatrix: ImatrixData) -> dict[str, float]:
     """Sum of mean x^2 over columns for every entry of an :class:`~aqrecipe.imatrix.ImatrixData`."""
     out = {}
     for name in imatrix.names:

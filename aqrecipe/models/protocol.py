@@ -7,8 +7,9 @@ any object with these members.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Union, runtime_checkable
 
 import numpy as np
 
@@ -45,3 +46,7 @@ class WeightSource(Protocol):
     def tokenizer_dir(self) -> Path | None:
         """The folder holding the HF tokenizer files, or None."""
         ...
+
+
+#: What the entry points accept as a model: "demo", an HF folder, or an opened source.
+ModelRef = Union[str, os.PathLike[str], WeightSource]

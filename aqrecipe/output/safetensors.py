@@ -22,6 +22,7 @@ from aqrecipe.errors import OutputError
 from aqrecipe.formats.fileio import atomic_folder, check_output_folder
 
 if TYPE_CHECKING:
+    from aqrecipe.models.protocol import WeightSource
     from aqrecipe.plan import Plan, PlanEntry
 
 DTYPES = ("auto", "F32", "F16", "BF16")
@@ -42,7 +43,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja")
 
 
-def copy_tokenizer(source: Any, folder: Path) -> list[str]:
+def copy_tokenizer(source: WeightSource, folder: Path) -> list[str]:
     """Copy the tokenizer files of ``source`` into ``folder``; the names copied."""
     src = Path(source.tokenizer_dir or source.path)
     copied = []
@@ -99,7 +100,7 @@ def write_safetensors(path: Path, plan: Plan, tensors: Iterable[tuple[PlanEntry,
             f.write(encode(w, dtype))
 
 
-def write_hf_folder(dest: Path, plan: Plan, source: Any, tensors: Iterable[tuple[PlanEntry, np.ndarray]], *,
+def write_hf_folder(dest: Path, plan: Plan, source: WeightSource, tensors: Iterable[tuple[PlanEntry, np.ndarray]], *,
                     dtype: str = "auto", metadata: Mapping[str, str] | None = None) -> Path:
     """Write the HF folder ``dest`` (atomic); returns it."""
     dtype = resolve_dtype(dtype, source.config)

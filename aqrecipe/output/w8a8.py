@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from aqrecipe.formats.fileio import atomic_folder
 from aqrecipe.optional import require
 from aqrecipe.output.safetensors import check_folder_output, copy_tokenizer
 from aqrecipe.smoothquant.fakequant import quantize_weight_int8
+
+if TYPE_CHECKING:
+    from aqrecipe.models.protocol import WeightSource
 
 COMPRESSED_TENSORS = "writing a compressed-tensors W8A8 checkpoint"
 
@@ -29,7 +32,7 @@ def quantization_config(input_scales: Mapping[str, float] | None) -> Any:
                               ignore=["lm_head"])
 
 
-def write_compressed_tensors(model: Any, source: Any, dest: Path,
+def write_compressed_tensors(model: Any, source: WeightSource, dest: Path,
                              input_scales: Mapping[str, float] | None = None) -> None:
     """Write ``model`` (the smoothed float model; consumed) as an int-quantized checkpoint.
 
@@ -61,7 +64,7 @@ def write_compressed_tensors(model: Any, source: Any, dest: Path,
         copy_tokenizer(source, tmp)
 
 
-def write_smoothed_folder(model: Any, source: Any, folder: Path) -> Path:
+def write_smoothed_folder(model: Any, source: WeightSource, folder: Path) -> Path:
     """Save the smoothed float model as a float32 HF folder (with tokenizer) in ``folder``."""
     folder = Path(folder)
     check_folder_output(folder)
@@ -71,7 +74,7 @@ def write_smoothed_folder(model: Any, source: Any, folder: Path) -> Path:
     return folder
 
 
-def write_q8_0_gguf(model: Any, source: Any, dest: Path, work_dir: Path) -> Path:
+def write_q8_0_gguf(model: Any, source: WeightSource, dest: Path, work_dir: Path) -> Path:
     """A Q8_0 GGUF of the smoothed model, through a smoothed HF folder under ``work_dir``."""
     from aqrecipe.output.plan_gguf import write_plan_gguf
     from aqrecipe.formats.fileio import check_output_folder

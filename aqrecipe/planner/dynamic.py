@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Mapping
 
 from aqrecipe.plan import Rule, compile_plan
 from aqrecipe.planner.config import PlannerSpec
@@ -12,10 +12,14 @@ from aqrecipe.planner.measure import measure
 from aqrecipe.planner.planner import Budget, as_plan_spec, as_rules, solve_plan
 from aqrecipe.planner.report import PlannerReport, build_report
 
+if TYPE_CHECKING:
+    from aqrecipe.imatrix.data import ImatrixData
+    from aqrecipe.models.protocol import ModelRef
+
 log = logging.getLogger(__name__)
 
 
-def plan_dynamic(model_ref: Any, planner_section: PlannerSpec | dict, imatrix: Any,
+def plan_dynamic(model_ref: ModelRef, planner_section: PlannerSpec | dict, imatrix: ImatrixData | None,
                  work_dir: str | Path | None, *, n_threads: int | None = None,
                  fixed_types: Mapping[str, str] | None = None) -> tuple[tuple[Rule, ...], PlannerReport]:
     """Measure (or reuse the measurement in ``work_dir``), solve the budget, return exact rules.

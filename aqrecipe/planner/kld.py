@@ -10,9 +10,12 @@ only, lazily.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from aqrecipe.models.protocol import WeightSource
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +23,7 @@ log = logging.getLogger(__name__)
 class KldProbe:
     """A float32 transformers model with swappable weights and the reference log-probs."""
 
-    def __init__(self, source: Any, windows: np.ndarray, *, n_threads: int | None = None) -> None:
+    def __init__(self, source: WeightSource, windows: np.ndarray, *, n_threads: int | None = None) -> None:
         from aqrecipe.optional import require_torch
 
         torch, transformers = require_torch("the planner's KL-divergence measurement")
@@ -67,7 +70,7 @@ class KldProbe:
         return float(kl.mean())
 
 
-def calibration_token_windows(source: Any, samples: int, seq_len: int, seed: int = 0) -> np.ndarray:
+def calibration_token_windows(source: WeightSource, samples: int, seq_len: int, seed: int = 0) -> np.ndarray:
     """``[samples, seq_len]`` windows from the built-in calibration split (disjoint from evaluation)."""
     from aqrecipe.calibration.data import CalibrationSpec, calibration_windows, load_tokenizer
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
 from aqrecipe.smoothquant.fakequant import fake_quant_per_token, fake_quant_static, static_input_scale
+
+if TYPE_CHECKING:
+    from aqrecipe.smoothquant.mappings import SmoothGroup
 
 
 def outlier_ratio(act_max: np.ndarray) -> float:
@@ -17,7 +20,7 @@ def outlier_ratio(act_max: np.ndarray) -> float:
     return float(np.max(act_max)) / med if med > 0 else float("inf")
 
 
-def group_report(group: Any, alpha: float, s: np.ndarray, act_max: np.ndarray,
+def group_report(group: SmoothGroup, alpha: float, s: np.ndarray, act_max: np.ndarray,
                  weight_max: np.ndarray) -> dict[str, Any]:
     """Per-group summary: scale min / median / max and outlier ratios before and after smoothing."""
     return {

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from aqrecipe.smoothquant.config import GroupSpec, SmoothQuantConfig, SmoothQuantError
+
+if TYPE_CHECKING:
+    from aqrecipe.models.protocol import WeightSource
 
 _LAYER_HF = re.compile(r"^model\.layers\.(\d+)\.")
 _MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
@@ -58,7 +61,7 @@ def is_moe(config: dict[str, Any]) -> bool:
     return any(int(config.get(k) or 0) > 0 for k in _MOE_KEYS)
 
 
-def _gguf_names(source: Any) -> dict[str, str]:
+def _gguf_names(source: WeightSource) -> dict[str, str]:
     return {t.hf_name.removesuffix(".weight"): t.gguf_name for t in source.tensors
             if t.hf_name.endswith(".weight")}
 
@@ -72,7 +75,7 @@ def _matches(pat: re.Pattern[str], *names: str) -> bool:
     return any(pat.match(n) for n in names)
 
 
-def resolve_groups(source: Any, cfg: SmoothQuantConfig) -> list[SmoothGroup]:
+def resolve_groups(source: WeightSource, cfg: SmoothQuantConfig) -> list[SmoothGroup]:
     """The smoothing groups of ``source`` under ``cfg`` (auto-inferred or explicit), layer order."""
     names = _gguf_names(source)
     if cfg.mappings == "explicit":
@@ -84,7 +87,7 @@ def resolve_groups(source: Any, cfg: SmoothQuantConfig) -> list[SmoothGroup]:
     return groups
 
 
-def _auto(source: Any, names: dict[str, str]) -> list[SmoothGroup]:
+def _auto(source: WeightSource, names: dict[str, str]) -> list[SmoothGroup]:
     kinds = ("attn",) if is_moe(source.config) else ("attn", "ffn")
     groups = []
     for layer in range(source.arch.n_layers):

@@ -14,9 +14,12 @@ to [1e-5, 1e5] so neither side overflows.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from aqrecipe.smoothquant.mappings import SmoothGroup
 
 S_MIN, S_MAX = 1e-5, 1e5
 
@@ -46,7 +49,7 @@ def smooth_norm_weight(weight: np.ndarray, s: np.ndarray, offset: float = 0.0) -
     return ((offset + w) / s - offset).astype(np.float32)
 
 
-def apply_smoothing(model: Any, groups: Sequence[Any], scales: Mapping[str, np.ndarray],
+def apply_smoothing(model: Any, groups: Sequence[SmoothGroup], scales: Mapping[str, np.ndarray],
                     offset: float = 0.0) -> None:
     """Apply the transform in place to a torch HF model, per group key -> ``s``.
 

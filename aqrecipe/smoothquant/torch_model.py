@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from aqrecipe.models.protocol import WeightSource
 
-def load_float_model(source: Any) -> Any:
+
+def load_float_model(source: WeightSource) -> Any:
     """The HF model of ``source`` in float32 on the CPU, in eval mode."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -17,7 +20,7 @@ def load_float_model(source: Any) -> Any:
     return model
 
 
-def load_tokenizer(source: Any) -> Any:
+def load_tokenizer(source: WeightSource) -> Any:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(source.tokenizer_dir or source.path))
