@@ -23,7 +23,7 @@ import json
 import logging
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -32,9 +32,17 @@ from aqrecipe.formats.fileio import atomic_write_text
 from aqrecipe.plan import is_quantizable
 from aqrecipe.planner.config import MeasurementSpec
 from aqrecipe.planner.fit import fit_calibration
-from aqrecipe.planner.measurement import (Measurement, TensorMeasurement, TypeOption, candidate_types, imatrix_hash,
-                          layer_of, role_of, tensor_bytes)
+from aqrecipe.models.tensor_names import layer_of, role_of
+from aqrecipe.planner.measurement import (Measurement, TensorMeasurement, TypeOption, candidate_types, imatrix_hash)
+from aqrecipe.quant.sizes import tensor_bytes
 from aqrecipe.planner.proxy import can_quantize, proxy_error, round_trip
+
+if TYPE_CHECKING:
+    from aqrecipe.imatrix.data import ImatrixData
+    from aqrecipe.imatrix.protocol import Importance
+    from aqrecipe.models.protocol import WeightSource
+    from aqrecipe.models.source import TensorInfo
+    from aqrecipe.planner.kld import KldProbe
 
 log = logging.getLogger(__name__)
 MAX_CALIBRATION_TYPES = 5
@@ -92,14 +100,11 @@ class _Stage:
         return {m: data[m] for m in members}
 
 
-def measure(source: Any, imatrix: Any, candidates: tuple[str, ...], spec: MeasurementSpec,
+def measure(source: WeightSource, imatrix: ImatrixData | None, candidates: tuple[str, ...], spec: MeasurementSpec,
             work_dir: Path | None, *, n_threads: int | None = None) -> Measurement:
     """The :class:`Measurement` of ``source`` (read from ``work_dir`` when already measured)."""
     imx = imatrix_hash(imatrix)
-    key = measurement_key(source.fingerprint(), imx, tuple(candidates))
-    wkey = measurement_key(source.fingerprint(), imx, tuple(candidates),
-                           {"samples": spec.samples, "seq_len": spec.seq_len, "seed": spec.seed})
-    final = f"measurement-{measurement_key(source.fingerprint(), imx, tuple(candidates), spec.__dict__)}.json"
+    key, wkey, final = _keys(source.fingerprint(), imx, tuple(candidates), spec)
     folder = Path(work_dir) / f"measure-{key}" if work_dir is not None else None
     if folder is not None and (folder / final).exists():
         log.info("reusing measurement %s", folder / final)
@@ -107,96 +112,135 @@ def measure(source: Any, imatrix: Any, candidates: tuple[str, ...], spec: Measur
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
     stage = _Stage(folder) if folder is not None else None
+    run = _Measuring(source, imatrix, tuple(candidates), spec, n_threads, stage)
 
-    names = {t.gguf_name for t in source.tensors}
-    tied = "output.weight" not in names
-    infos = [t for t in source.tensors if is_quantizable(t.gguf_name, t.shape)]
-    fixed = [t for t in source.tensors if not is_quantizable(t.gguf_name, t.shape)]
-    probe_box: list[Any] = []
+    proxies = run.proxies()
+    klds = run.klds(run.kld_wanted(run.tensors(proxies, {})), wkey)
+    m = run.measurement(run.tensors(proxies, klds), imx)
+    m = m.with_calibration(fit_calibration(m))
+    if folder is not None:
+        m.save(folder / final)
+    return m
 
-    def probe() -> Any:
-        if not probe_box:
+
+def _keys(fingerprint: str, imx: str, candidates: tuple[str, ...], spec: MeasurementSpec) -> tuple[str, str, str]:
+    """The work folder's key, the KLD files' key and the finished measurement's file name."""
+    key = measurement_key(fingerprint, imx, candidates)
+    wkey = measurement_key(fingerprint, imx, candidates,
+                           {"samples": spec.samples, "seq_len": spec.seq_len, "seed": spec.seed})
+    final = f"measurement-{measurement_key(fingerprint, imx, candidates, spec.__dict__)}.json"
+    return key, wkey, final
+
+
+class _Measuring:
+    """One measurement run: the tensors by checkpoint stage, their importance, the lazily built KLD probe."""
+
+    def __init__(self, source: WeightSource, imatrix: Importance | None, candidates: tuple[str, ...],
+                 spec: MeasurementSpec, n_threads: int | None, stage: _Stage | None) -> None:
+        self.source, self.imatrix, self.candidates, self.spec = source, imatrix, candidates, spec
+        self.n_threads, self.stage = n_threads, stage
+        self.tied = "output.weight" not in {t.gguf_name for t in source.tensors}
+        self.infos = [t for t in source.tensors if is_quantizable(t.gguf_name, t.shape)]
+        self.fixed = [t for t in source.tensors if not is_quantizable(t.gguf_name, t.shape)]
+        self.by_name = {i.gguf_name: i for i in self.infos}
+        self.stages: dict[str, list[TensorInfo]] = defaultdict(list)  # "global" or the layer, "0003"
+        for info in self.infos:
+            layer = layer_of(info.gguf_name)
+            self.stages["global" if layer is None else f"{layer:04d}"].append(info)
+        self._probe: KldProbe | None = None
+
+    def probe(self) -> KldProbe:
+        if self._probe is None:
             from aqrecipe.planner.kld import KldProbe, calibration_token_windows
 
-            windows = calibration_token_windows(source, spec.samples, spec.seq_len, spec.seed)
-            probe_box.append(KldProbe(source, windows, n_threads=n_threads))
-        return probe_box[0]
+            spec = self.spec
+            windows = calibration_token_windows(self.source, spec.samples, spec.seq_len, spec.seed)
+            self._probe = KldProbe(self.source, windows, n_threads=self.n_threads)
+        return self._probe
 
-    def importance(name: str) -> np.ndarray | None:
-        return imatrix.importance(name) if imatrix is not None else None
+    def importance(self, name: str) -> np.ndarray | None:
+        return self.imatrix.importance(name) if self.imatrix is not None else None
 
-    def error_weight(name: str) -> np.ndarray | None:
-        imp = importance(name)
-        if imp is None and name == "token_embd.weight" and tied and spec.calibrate_tensors + (spec.type == "kld") > 0:
-            return probe().output_importance  # a tied token_embd is the output head too
+    def error_weight(self, name: str) -> np.ndarray | None:
+        imp = self.importance(name)
+        spec = self.spec
+        if (imp is None and name == "token_embd.weight" and self.tied
+                and spec.calibrate_tensors + (spec.type == "kld") > 0):
+            return self.probe().output_importance  # a tied token_embd is the output head too
         return imp
 
-    stages: dict[str, list] = defaultdict(list)
-    for info in infos:
-        layer = layer_of(info.gguf_name)
-        stages["global" if layer is None else f"{layer:04d}"].append(info)
+    def _checkpointed(self, file: str, compute: Callable[[list[str]], dict], members: list[str]) -> dict:
+        return self.stage.get(file, compute, members) if self.stage else compute(members)
 
-    by_name = {i.gguf_name: i for i in infos}
+    def _weight(self, info: TensorInfo) -> np.ndarray:
+        return np.asarray(self.source.read(info.hf_name), dtype=np.float32).reshape(-1, info.shape[-1])
 
-    def proxy_stage(members: list[str]) -> dict:
+    def proxies(self) -> dict[str, dict[str, float]]:
+        """The proxy error of every candidate type of every tensor, stage by stage."""
+        proxies: dict[str, dict[str, float]] = {}
+        for name in sorted(self.stages):
+            log.info("proxy stage %s (%d tensors)", name, len(self.stages[name]))
+            members = [i.gguf_name for i in self.stages[name]]
+            proxies.update(self._checkpointed(f"proxy-{name}.json", self._proxy_stage, members))
+        return proxies
+
+    def _proxy_stage(self, members: list[str]) -> dict:
         out: dict[str, dict[str, float]] = {}
-        for info in (by_name[n] for n in members):
-            w = np.asarray(source.read(info.hf_name), dtype=np.float32).reshape(-1, info.shape[-1])
-            imp, weight = importance(info.gguf_name), error_weight(info.gguf_name)
+        for info in (self.by_name[n] for n in members):
+            w = self._weight(info)
+            imp, weight = self.importance(info.gguf_name), self.error_weight(info.gguf_name)
             out[info.gguf_name] = {
                 t: proxy_error(w, round_trip(w, t, imp), weight)
-                for t in candidate_types(candidates, info.shape[-1]) if can_quantize(t, imp)
+                for t in candidate_types(self.candidates, info.shape[-1]) if can_quantize(t, imp)
             }
         return out
 
-    proxies: dict[str, dict[str, float]] = {}
-    for name in sorted(stages):
-        log.info("proxy stage %s (%d tensors)", name, len(stages[name]))
-        members = [i.gguf_name for i in stages[name]]
-        proxies.update(stage.get(f"proxy-{name}.json", proxy_stage, members) if stage else proxy_stage(members))
+    def kld_wanted(self, tensors: list[TensorMeasurement]) -> dict[str, list[str]]:
+        """The (tensor, types) to measure the KLD of: all of them, or a spread subset."""
+        if self.spec.type == "kld":
+            return {t.gguf_name: [o.type for o in t.options] for t in tensors}
+        return kld_subset(tensors, self.spec.calibrate_tensors)
 
-    def build(klds: dict[str, dict[str, float]]) -> list[TensorMeasurement]:
+    def klds(self, wanted: dict[str, list[str]], wkey: str) -> dict[str, dict[str, float]]:
+        """The measured KLD of each wanted (tensor, type), stage by stage."""
+        def kld_stage(members: list[str]) -> dict:
+            out: dict[str, dict[str, float]] = {}
+            for gname in members:
+                info = self.by_name[gname]
+                w = self._weight(info)
+                out[gname] = {t: self.probe().kld(info.hf_name,
+                                                  round_trip(w, t, self.importance(gname)).reshape(info.shape))
+                              for t in wanted[gname]}
+                log.info("kld %s: %s", gname, out[gname])
+            return out
+
+        klds: dict[str, dict[str, float]] = {}
+        for name in sorted(self.stages):
+            members = [i.gguf_name for i in self.stages[name] if i.gguf_name in wanted]
+            if members:
+                klds.update(self._checkpointed(f"kld-{wkey}-{name}.json", kld_stage, members))
+        return klds
+
+    def tensors(self, proxies: dict[str, dict[str, float]], klds: dict[str, dict[str, float]]
+                ) -> list[TensorMeasurement]:
+        """One :class:`TensorMeasurement` per quantizable tensor, its options sorted by size."""
         return [
             TensorMeasurement(
-                gguf_name=i.gguf_name, hf_name=i.hf_name, role=role_of(i.gguf_name, tied_output=tied),
+                gguf_name=i.gguf_name, hf_name=i.hf_name, role=role_of(i.gguf_name, tied_output=self.tied),
                 layer=layer_of(i.gguf_name), shape=tuple(int(d) for d in i.shape),
                 n_params=int(np.prod(i.shape)),
                 options=tuple(TypeOption(t, tensor_bytes(t, tuple(i.shape)), p, klds.get(i.gguf_name, {}).get(t))
                               for t, p in sorted(proxies[i.gguf_name].items(),
                                                  key=lambda kv: (tensor_bytes(kv[0], tuple(i.shape)), kv[0]))),
             )
-            for i in infos
+            for i in self.infos
         ]
 
-    tensors = build({})
-    if spec.type == "kld":
-        wanted = {t.gguf_name: [o.type for o in t.options] for t in tensors}
-    else:
-        wanted = kld_subset(tensors, spec.calibrate_tensors)
-    def kld_stage(members: list[str]) -> dict:
-        out: dict[str, dict[str, float]] = {}
-        for gname in members:
-            info = by_name[gname]
-            w = np.asarray(source.read(info.hf_name), dtype=np.float32).reshape(-1, info.shape[-1])
-            out[gname] = {t: probe().kld(info.hf_name, round_trip(w, t, importance(gname)).reshape(info.shape))
-                          for t in wanted[gname]}
-            log.info("kld %s: %s", gname, out[gname])
-        return out
-
-    klds: dict[str, dict[str, float]] = {}
-    for name in sorted(stages):
-        members = [i.gguf_name for i in stages[name] if i.gguf_name in wanted]
-        if members:
-            klds.update(stage.get(f"kld-{wkey}-{name}.json", kld_stage, members) if stage else kld_stage(members))
-
-    m = Measurement(
-        model_fingerprint=source.fingerprint(), imatrix_hash=imx, candidates=tuple(candidates),
-        method=spec.type, tensors=tuple(build(klds)),
-        fixed_bytes=sum(4 * int(np.prod(t.shape)) for t in fixed),
-        fixed_params=sum(int(np.prod(t.shape)) for t in fixed),
-        settings={**spec.__dict__, "tied_output": tied},
-    )
-    m = m.with_calibration(fit_calibration(m))
-    if folder is not None:
-        m.save(folder / final)
-    return m
+    def measurement(self, tensors: list[TensorMeasurement], imx: str) -> Measurement:
+        return Measurement(
+            model_fingerprint=self.source.fingerprint(), imatrix_hash=imx, candidates=self.candidates,
+            method=self.spec.type, tensors=tuple(tensors),
+            fixed_bytes=sum(4 * int(np.prod(t.shape)) for t in self.fixed),
+            fixed_params=sum(int(np.prod(t.shape)) for t in self.fixed),
+            settings={**self.spec.__dict__, "tied_output": self.tied},
+        )

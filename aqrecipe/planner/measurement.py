@@ -10,35 +10,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
 from aqrecipe.quant.blocktypes import fallback_for, layout
 from aqrecipe.errors import PlanError
 from aqrecipe.formats.fileio import atomic_write_text
+from aqrecipe.recipe.sections import DEFAULT_CANDIDATES
+
+if TYPE_CHECKING:
+    from aqrecipe.imatrix.data import ImatrixData
 
 MEASUREMENT_FORMAT = 1
-DEFAULT_CANDIDATES = ("IQ1_S", "IQ1_M", "IQ2_XXS", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_0")
-_LAYER = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.weight$")
-
-
-def role_of(gguf_name: str, *, tied_output: bool = False) -> str:
-    """The tensor's role: attn_q ... ffn_down, token_embd, output (a tied token_embd is ``output``)."""
-    if gguf_name == "token_embd.weight":
-        return "output" if tied_output else "token_embd"
-    if gguf_name == "output.weight":
-        return "output"
-    m = _LAYER.match(gguf_name)
-    return m.group(2) if m else gguf_name.removesuffix(".weight")
-
-
-def layer_of(gguf_name: str) -> int | None:
-    m = _LAYER.match(gguf_name)
-    return int(m.group(1)) if m else None
 
 
 def candidate_types(candidates: Iterable[str], row_len: int) -> list[str]:
@@ -49,13 +35,7 @@ def candidate_types(candidates: Iterable[str], row_len: int) -> list[str]:
     return sorted(seen, key=lambda t: (layout(t).bits_per_weight, t))
 
 
-def tensor_bytes(type_name: str, shape: tuple[int, ...]) -> int:
-    """Exact bytes of a tensor of ``shape`` (HF order, rows last) in ``type_name``."""
-    n_rows = math.prod(shape[:-1])
-    return n_rows * layout(type_name).row_bytes(shape[-1])
-
-
-def imatrix_hash(imatrix: Any) -> str:
+def imatrix_hash(imatrix: ImatrixData | None) -> str:
     """sha256 over the imatrix's per-weight importance (names sorted); "none" without one."""
     if imatrix is None:
         return "none"
