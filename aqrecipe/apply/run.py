@@ -62,10 +62,9 @@ def run_apply(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyOptio
 
 
 def _apply_locked(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyOptions) -> ApplyResult:
-
+    """The run under the work folder's lock: the output kind's own run, or imatrix -> stages -> pack -> checks."""
     if recipe is not None and recipe.section("smoothquant") is not None:
         return run_smoothquant_apply(plan, recipe, dest, options)
-
     if wants_folder(recipe, options):  # simulated quantization, exact super weights, HF folder
         return run_safetensors_apply(plan, recipe, dest, options)
     work_dir = options.work_dir or default_work_dir(dest)
@@ -88,22 +87,32 @@ def _apply_locked(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyO
         write_plan_gguf(plan, staged, imatrix=imatrix)
     seconds["pack_and_write"] = time.perf_counter() - t0
 
-    quality = None
-    eval_spec = recipe.evaluation if recipe is not None else None
     extra: dict[str, Any] = {"imatrix": imatrix is not None, **outcome.report}
+    quality = check_written(plan, recipe, dest, options, seconds, extra)
+    return ApplyResult(
+        output=dest, plan=plan, output_bytes=dest.stat().st_size, seconds=seconds, quality=quality, extra=extra
+    )
+
+
+def check_written(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyOptions, seconds: dict[str, float],
+                  extra: dict[str, Any]) -> dict[str, Any] | None:
+    """Evaluate and coherence-check the GGUF now in place; the quality numbers, or None.
+
+    Adds ``coherence`` and, where a check failed, ``evaluation_failed`` to ``extra``.
+    """
     failures: list[dict[str, Any]] = []
+    quality = None
     if options.evaluates(recipe):
-        t1 = time.perf_counter()
+        t0 = time.perf_counter()
+        eval_spec = recipe.evaluation if recipe is not None else None
         quality = check_output("evaluation", failures, evaluate_output, plan, dest, eval_spec, recipe)
-        seconds["evaluate"] = time.perf_counter() - t1
+        seconds["evaluate"] = time.perf_counter() - t0
     coherence = check_output("coherence check", failures, run_coherence, plan, recipe, dest)
     if coherence is not None:
         extra["coherence"] = coherence
     if failures:
         extra["evaluation_failed"] = failures
-    return ApplyResult(
-        output=dest, plan=plan, output_bytes=dest.stat().st_size, seconds=seconds, quality=quality, extra=extra
-    )
+    return quality
 
 
 def run_smoothquant_apply(plan: Plan, recipe: Recipe, dest: Path, options: ApplyOptions) -> ApplyResult:
@@ -111,7 +120,6 @@ def run_smoothquant_apply(plan: Plan, recipe: Recipe, dest: Path, options: Apply
 
     Calibration data come from ``imatrix.calibration`` when the recipe has it, else the defaults.
     """
-
     t0 = time.perf_counter()
     imatrix_section = recipe.section("imatrix")
     spec = calibration_spec(getattr(imatrix_section, "calibration", None), recipe)  # type: file has none
@@ -158,7 +166,6 @@ def run_coherence(plan: Plan, recipe: Recipe | None, dest: Path) -> dict[str, An
     The automatic check is skipped with a warning when llama-cpp-python is missing;
     one the recipe asks for (``coherence.enabled: true``) needs it.
     """
-
     spec = (recipe.section("coherence") if recipe is not None else None) or CoherenceSpec()
     enabled = spec.enabled if spec.enabled is not None else is_ultra_low(plan)
     if not enabled:
@@ -183,7 +190,6 @@ def run_coherence(plan: Plan, recipe: Recipe | None, dest: Path) -> dict[str, An
 
 def evaluate_output(plan: Plan, dest: Path, eval_spec: EvaluationSpec | None, recipe: Recipe | None) -> dict[str, Any]:
     """Quality of the written GGUF against the unquantized model (F16 GGUF reference in llama.cpp)."""
-
     reference = reference_gguf(plan.model_path)
     text = None
     if eval_spec is not None and eval_spec.text:

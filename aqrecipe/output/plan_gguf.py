@@ -13,7 +13,6 @@ from aqrecipe.plan import Plan, checked_source
 
 def write_plan_gguf(plan: Plan, dest: Path, *, imatrix: ImatrixData | None = None) -> None:
     """Pack and write every tensor of ``plan`` into ``dest`` (atomic)."""
-
     source = checked_source(plan)
     entries = {e.gguf_name: e for e in plan.entries}
     absmean = plan.options.get("ternary_scale") == "absmean"
