@@ -201,3 +201,13 @@ def test_import_does_not_import_torch() -> None:
     code = "import sys, aqrecipe, aqrecipe.cli.commands, aqrecipe.plan, aqrecipe.recipe, aqrecipe.quant.codecs; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_recipe_problems_are_printed_once_with_the_right_noun(tmp_path: Path, capsys) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("version: 1\nmodel: demo\nquantization:\n  mixture: Q8_0\ncoherence:\n  new_tokens: 4\n",
+                      encoding="utf-8")
+    assert main(["validate", str(recipe), "--schema-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("R104") == 1, err
+    assert "1 problem found" in err and "problem(s)" not in err

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from aqrecipe import __version__
 from aqrecipe.errors import EXIT_FAILURE, EXIT_OK, EXIT_USER_ERROR, AqrecipeError, RecipeError
+from aqrecipe.recipe.issues import recipe_error
 
 if TYPE_CHECKING:
     from aqrecipe.apply.options import ApplyOptions, ApplyResult
@@ -73,7 +74,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
         issues += missing_file_issues(recipe)  # R203-R205: imatrix, calibration and evaluation files
     if issues:
-        raise RecipeError(f"{args.recipe}: {len(issues)} problem(s) found", issues=issues)
+        raise recipe_error(issues, args.recipe)
     _emit(args, {"valid": True, "recipe": args.recipe}, f"{args.recipe}: valid")
     return EXIT_OK
 
@@ -302,10 +303,7 @@ def _print_error(exc: AqrecipeError, as_json: bool) -> None:
             payload["error"]["issues"] = [i.to_dict() for i in exc.issues]
         print(json.dumps(payload, indent=1, sort_keys=True))
         return
-    print(f"error[{exc.code}]: {exc.message}", file=sys.stderr)
-    if isinstance(exc, RecipeError):
-        for issue in exc.issues:
-            print(f"  {issue.format()}", file=sys.stderr)
+    print(f"error[{exc.code}]: {exc.message}", file=sys.stderr)  # a RecipeError's message lists its issues
     if exc.hint:
         print(f"  hint: {exc.hint}", file=sys.stderr)
 
