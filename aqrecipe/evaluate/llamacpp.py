@@ -53,9 +53,7 @@ class LlamaCppBackend:
         info = self._call("load", str(self.path), n_ctx, n_threads, doing="loading")
         self.vocab_size: int = info["vocab_size"]
         self.bos_token_id: int | None = info["bos_token_id"]
-        self.eos_token_id: int = info["eos_token_id"]
-        self.repack: bool = info["repack"]
-        self.system_info: str = info["system_info"]
+        self.repack: bool = info["repack"]  # whether llama.cpp may repack weights (off where it uses AMX)
         n_bytes = n_ctx * self.vocab_size * 4
         os.ftruncate(self._buffer.fileno(), n_bytes)
         self._logits = np.memmap(self._buffer, dtype=np.float32, mode="r+", shape=(n_ctx, self.vocab_size))
@@ -120,7 +118,7 @@ class LlamaCppBackend:
         return "\n  llama.cpp said: " + "\n    ".join(lines[-STDERR_LINES:])
 
     def tokenize(self, text: str) -> list[int]:
-        return self._call("tokenize", text, False)
+        return self._call("tokenize", text)
 
     def detokenize(self, tokens: Sequence[int]) -> str:
         return self._call("detokenize", list(tokens))

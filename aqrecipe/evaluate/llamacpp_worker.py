@@ -104,17 +104,12 @@ class Worker:
             )
         except (ValueError, RuntimeError, OSError) as exc:
             raise _Reply(f"llama.cpp could not load {path}: {exc}") from exc
-        import llama_cpp
-
-        vocab = int(self.llm.n_vocab())
         bos = int(self.llm.token_bos())
         probe = self.llm.tokenize(b"a", add_bos=True, special=False)
         return {
-            "vocab_size": vocab,
+            "vocab_size": int(self.llm.n_vocab()),
             "bos_token_id": bos if bos >= 0 and probe and probe[0] == bos else None,
-            "eos_token_id": int(self.llm.token_eos()),
             "repack": bool(self.llm.model_params.use_extra_bufts),  # what llama.cpp was given
-            "system_info": system_info(llama_cpp),
         }
 
     def map_buffer(self, n_bytes: int) -> None:
@@ -122,8 +117,8 @@ class Worker:
         mem = mmap.mmap(self.buffer_fd, n_bytes)
         self.logits_view = np.frombuffer(mem, dtype=np.float32).reshape(-1, int(self.llm.n_vocab()))
 
-    def tokenize(self, text: str, add_bos: bool = False) -> list[int]:
-        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=False))
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     def detokenize(self, tokens: list[int]) -> str:
         return self.llm.detokenize(tokens).decode("utf-8", errors="replace")
