@@ -21,9 +21,11 @@ $(DEPS_STAMP): pyproject.toml | $(VENV)/bin/python
 	$(VENV)/bin/maturin develop --release --extras $(EXTRAS) --quiet
 	touch $@
 
-# The Rust extension is rebuilt incrementally on every install (cargo skips unchanged crates).
+# The Rust extension is rebuilt incrementally on every install (cargo skips unchanged crates);
+# llama.cpp's converter (and its gguf-py) is set up once, from the pinned llama-cpp-python sdist.
 install: $(DEPS_STAMP)
 	$(VENV)/bin/maturin develop --release --quiet --skip-install
+	$(PY) -m aqrecipe.models.converter install
 
 demo: install
 	mkdir -p $(OUT)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from aqrecipe.models.pretokenizers import pre_tokenizer_for
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -21,34 +20,39 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(folder: Path, pre_name: str, vocab_size: int) -> None:
-    """Train a byte-level BPE tokenizer whose pre-tokenizer matches llama.cpp's ``pre_name``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+#: the demo tokenizer's size: tiny models use it because llama.cpp's converter accepts only BPE
+#: tokenizers it recognises (it hashes their tokenization of a fixed text), not freshly trained ones
+VOCAB = 49152
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+
+def build_tokenizer(folder: Path) -> None:
+    """Copy the demo model's tokenizer (SmolLM2's byte-level BPE, llama.cpp pre-tokenizer 'smollm')."""
+    import shutil
+
+    from aqrecipe.models.demo import materialize_demo
+
+    demo = materialize_demo()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        if (demo / name).is_file():
+            shutil.copy2(demo / name, folder / name)
+
+
+def build_sentencepiece(folder: Path, vocab_size: int = 512, *, user_symbols: tuple[str, ...] = ()) -> Path:
+    """Train a tiny SentencePiece model offline into ``folder/tokenizer.model`` (deterministic)."""
+    import io
+
+    import sentencepiece as spm
+
+    text = CORPUS + [line for line in (Path(__file__).parent.parent / "README.md").read_text().splitlines() if line]
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(text), model_writer=buffer, vocab_size=vocab_size, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, num_threads=1, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        user_defined_symbols=list(user_symbols), minloglevel=2, shuffle_input_sentence=False,
     )
-    tok.train_from_iterator(CORPUS, trainer=trainer)
-    data = json.loads(tok.to_str())
-    data["pre_tokenizer"] = pre_tokenizer_for(pre_name)
-    (folder / "tokenizer.json").write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-    config = {
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": "<|im_start|>",
-        "eos_token": "<|im_end|>",
-        "unk_token": "<|endoftext|>",
-        "pad_token": "<|im_end|>",
-        "add_bos_token": False,
-        "add_eos_token": False,
-        "chat_template": CHAT_TEMPLATE,
-    }
-    (folder / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    path = folder / "tokenizer.model"
+    path.write_bytes(buffer.getvalue())
+    return path
 
 
 def build_tiny_model(folder: Path, model_type: str, *, seed: int = 0, dtype: str = "float32") -> Path:
@@ -57,7 +61,7 @@ def build_tiny_model(folder: Path, model_type: str, *, seed: int = 0, dtype: str
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
     common = dict(
-        vocab_size=384,
+        vocab_size=VOCAB,
         hidden_size=64,
         intermediate_size=96,
         num_hidden_layers=2,
@@ -70,10 +74,8 @@ def build_tiny_model(folder: Path, model_type: str, *, seed: int = 0, dtype: str
     )
     if model_type == "llama":
         config = LlamaConfig(**common, rope_theta=10000.0, tie_word_embeddings=False)
-        pre = "smollm"
     else:
         config = Qwen2Config(**common, rope_theta=1000000.0, tie_word_embeddings=True)
-        pre = "qwen2"
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():  # non-trivial norms so a mix-up of norm tensors shows
@@ -85,5 +87,9 @@ def build_tiny_model(folder: Path, model_type: str, *, seed: int = 0, dtype: str
     model = model.to(getattr(torch, dtype))
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
-    build_tokenizer(folder, pre, vocab_size=300)
+    build_tokenizer(folder)
+    if model_type == "qwen2":
+        # transformers 5 tokenizes qwen2 folders with its Qwen2Tokenizer, whose pre-tokenizer on the demo's
+        # vocabulary llama.cpp's converter does not recognise; the converter prefers a SentencePiece model.
+        build_sentencepiece(folder)
     return folder

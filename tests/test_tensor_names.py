@@ -1,15 +1,12 @@
-"""aqrecipe.models.tensor_names: the one home of layer, role and the q/k rope permutation."""
+"""aqrecipe.models.tensor_names: the one home of layer, role and llama.cpp's tensor order."""
 
 from __future__ import annotations
 
 import re
-from types import SimpleNamespace
 
-import numpy as np
 import pytest
 
-from aqrecipe.models.tensor_names import (BLOCK_ROLES, hf_layer_of, layer_of, permute_rope_rows, role_of,
-                                          rope_heads, to_gguf_layout, to_hf_layout, unpermute_rope_rows)
+from aqrecipe.models.tensor_names import BLOCK_ROLES, gguf_order_key, hf_layer_of, layer_of, role_of
 from aqrecipe.quant.sizes import tensor_bytes
 
 GGUF_NAMES = ["token_embd.weight", "output_norm.weight", "output.weight", "blk.0.attn_norm.weight",
@@ -32,19 +29,6 @@ def _old_planner_layer_role(name: str, tied: bool) -> tuple[int | None, str]:  #
     else:
         role = m.group(2) if m else name.removesuffix(".weight")
     return (int(m.group(1)) if m else None), role
-
-
-def _old_rope_heads(arch, name: str) -> int | None:  # models/source.read_for_gguf, apply/simulate._to_hf_layout
-    if arch.spec.permute_qk and name.startswith("blk."):
-        if ".attn_q." in name:
-            return arch.n_head
-        if ".attn_k." in name:
-            return arch.n_head_kv
-    return None
-
-
-def _arch(permute_qk: bool = True):
-    return SimpleNamespace(spec=SimpleNamespace(permute_qk=permute_qk), n_head=4, n_head_kv=2)
 
 
 @pytest.mark.parametrize("name", GGUF_NAMES + ["blk.7.", "blkx.1.attn_q.weight", "rope_freqs.weight"])
@@ -82,34 +66,12 @@ def test_roles() -> None:
     assert role_of("output_norm.weight") == "output_norm"
 
 
-@pytest.mark.parametrize("permute_qk", [True, False])
-@pytest.mark.parametrize("name", GGUF_NAMES)
-def test_rope_rule_matches_the_old_copies(name: str, permute_qk: bool) -> None:
-    arch = _arch(permute_qk)
-    assert rope_heads(arch, name) == _old_rope_heads(arch, name)
-
-
-@pytest.mark.parametrize("name", GGUF_NAMES)
-def test_layout_round_trip_and_old_behaviour(name: str) -> None:
-    arch = _arch()
-    rows = 16 if ".attn_q." in name else 8
-    w = np.arange(rows * 3, dtype=np.float32).reshape(rows, 3)
-    if name.endswith(".bias"):
-        w = w[:, 0].copy()
-    heads = _old_rope_heads(arch, name)
-    gguf = to_gguf_layout(arch, name, w)
-    np.testing.assert_array_equal(gguf, w if heads is None else permute_rope_rows(w, heads))
-    np.testing.assert_array_equal(to_hf_layout(arch, name, gguf), w)
-    if heads is not None:
-        assert not np.array_equal(gguf, w)
-
-
-def test_permutation_values_and_inverse() -> None:
-    np.testing.assert_array_equal(permute_rope_rows(np.arange(8), 2), [0, 2, 1, 3, 4, 6, 5, 7])
-    x = np.random.default_rng(0).standard_normal((24, 5)).astype(np.float32)
-    np.testing.assert_array_equal(unpermute_rope_rows(permute_rope_rows(x, 3), 3), x)
-    with pytest.raises(ValueError):
-        permute_rope_rows(np.zeros((6, 2)), 4)
+def test_gguf_order() -> None:
+    names = ["output.weight", "blk.10.attn_q.weight", "rope_freqs.weight", "blk.2.ffn_up.weight",
+             "output_norm.weight", "token_embd.weight", "blk.2.attn_k.weight"]
+    assert sorted(names, key=gguf_order_key) == [
+        "token_embd.weight", "blk.2.attn_k.weight", "blk.2.ffn_up.weight", "blk.10.attn_q.weight",
+        "output_norm.weight", "output.weight", "rope_freqs.weight"]
 
 
 def test_tensor_bytes() -> None:

@@ -85,3 +85,17 @@ def inspect_path(path: Path) -> tuple[dict[str, Any], str]:
         hint="inspect takes a .gguf model or imatrix, a plan .json or a legacy imatrix .dat",
         code="AQ302",
     )
+
+
+def inspect_supported() -> tuple[dict[str, Any], str]:
+    """The architectures llama.cpp's converter reads, and the families tested end to end."""
+    from aqrecipe.models.converter.bridge import supported_architectures
+    from aqrecipe.models.converter.bundle import CONVERTER_VERSION
+    from aqrecipe.models.support import TESTED_FAMILIES, supported_markdown
+
+    names = supported_architectures()
+    data = {"converter": f"llama-cpp-python {CONVERTER_VERSION}", "architectures": list(names),
+            "tested_families": [f.name for f in TESTED_FAMILIES]}
+    text = (supported_markdown() + f"\nllama.cpp's converter (llama-cpp-python {CONVERTER_VERSION}) reads "
+            f"{len(names)} text architectures:\n" + "\n".join(f"  {name}" for name in names))
+    return data, text

@@ -1,4 +1,11 @@
-"""ModelSource: a Hugging Face folder opened lazily (headers only until read)."""
+"""ModelSource: a Hugging Face folder read through llama.cpp's converter, lazily.
+
+Opening a folder reads config.json and the safetensors headers ourselves (validated against the
+file sizes before anything else touches them), then runs llama.cpp's converter on lazy tensors
+(:mod:`aqrecipe.models.converter.bridge`) for the GGUF tensor table and metadata. Tensor data is
+read only on demand: ``read_for_gguf`` in llama.cpp's layout for packing, ``read`` in HF
+orientation for the torch stages.
+"""
 
 from __future__ import annotations
 
@@ -6,83 +13,117 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from aqrecipe.errors import CorruptFileError, ModelError
-from aqrecipe.models.architectures import ArchInfo, arch_info_from_config, model_type_of
+from aqrecipe.models.architectures import ArchInfo, arch_info_from_metadata
 from aqrecipe.models.files import INDEX_FILE, find_weight_files, load_config
-from aqrecipe.models.naming import NameMapper, gguf_order_key
 from aqrecipe.models.safetensors_io import RawTensor, read_header, read_tensor
-from aqrecipe.models.tensor_names import hf_layer_of, layer_of, to_gguf_layout
+from aqrecipe.models.tensor_names import gguf_order_key, layer_of, role_of
+
+if TYPE_CHECKING:
+    import gguf
+
+    from aqrecipe.models.converter.bridge import Conversion
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """One weight: its names, HF-orientation shape ([out, in]) and where its bytes are."""
+    """One GGUF tensor: its name, the HF tensor it comes from, its shape ([rows, row_len]) and source dtype."""
 
-    hf_name: str
+    hf_name: str  # the (first) HF tensor it is converted from; the GGUF name for GGUF input
     gguf_name: str
     shape: tuple[int, ...]
-    dtype: str
-    file: Path
-    offset: int
-    nbytes: int
+    dtype: str  # the stored dtype of its source: F32, F16, BF16
+    nbytes: int  # bytes of its source data
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["file"] = str(self.file)
         data["shape"] = list(self.shape)
         return data
 
 
 class ModelSource:
-    """An opened model: config, architecture, tensor table; tensors read on demand."""
+    """An opened HF folder: config, the converter's tensor table and metadata, tensors on demand."""
 
-    def __init__(self, path: Path, config: dict[str, Any], arch: ArchInfo, tensors: tuple[TensorInfo, ...]):
+    def __init__(self, path: Path, config: dict[str, Any], conversion: Conversion, raw: list[RawTensor]):
         self.path = path
         self.config = config
-        self.arch = arch
-        self.tensors = tensors
-        self._by_name: dict[str, TensorInfo] = {}
-        for info in tensors:
-            self._by_name[info.hf_name] = info
-            self._by_name[info.gguf_name] = info
+        self._conversion = conversion
+        self._raw = {t.name: t for t in raw}
+        tensors = []
+        for t in sorted(conversion.tensors, key=lambda t: gguf_order_key(t.gguf_name)):
+            first = self._raw.get(t.hf_sources[0]) if t.hf_sources else None
+            n = int(np.prod(t.shape)) if t.shape else 1
+            tensors.append(TensorInfo(t.hf_sources[0] if t.hf_sources else t.gguf_name, t.gguf_name, t.shape,
+                                      first.dtype if first else "F32", first.nbytes if first else 4 * n))
+        self.tensors = tuple(tensors)
+        self._by_name: dict[str, TensorInfo] = {info.gguf_name: info for info in self.tensors}
+        self._feeds: dict[str, tuple[str, ...]] = {}
+        for t in conversion.tensors:
+            for hf in t.hf_sources:
+                self._feeds[hf] = self._feeds.get(hf, ()) + (t.gguf_name,)
+        vocab_rows = self._by_name["token_embd.weight"].shape[0] if "token_embd.weight" in self._by_name else None
+        self.arch: ArchInfo = arch_info_from_metadata(
+            conversion.arch_metadata, vocab_rows=vocab_rows, tied_embeddings="output.weight" not in self._by_name,
+            hf_model_type=config.get("model_type") if isinstance(config.get("model_type"), str) else None)
 
     def __repr__(self) -> str:
-        return f"ModelSource({str(self.path)!r}, {self.arch.hf_model_type}, {len(self.tensors)} tensors)"
+        return f"ModelSource({str(self.path)!r}, {self.arch.gguf_arch_name}, {len(self.tensors)} tensors)"
 
     def tensor(self, name: str) -> TensorInfo:
-        """Look a tensor up by its HF or GGUF name."""
-        try:
-            return self._by_name[name]
-        except KeyError:
+        """Look a tensor up by its GGUF name, or by the HF name of its source."""
+        info = self._by_name.get(name)
+        if info is None and self._feeds.get(name):
+            info = self._by_name.get(self._feeds[name][0])
+        if info is None:
             raise ModelError(
                 f"model {self.path} has no tensor {name!r}",
                 hint="tensor names are GGUF names (blk.0.attn_q.weight) or HF names",
-            ) from None
+            )
+        return info
 
-    def read(self, name: str) -> np.ndarray:
-        """A tensor as float32 in HF orientation [out, in]."""
-        info = self.tensor(name)
-        raw = RawTensor(info.hf_name, info.dtype, info.shape, info.file, info.offset, info.nbytes)
+    def read(self, hf_name: str) -> np.ndarray:
+        """An HF tensor as float32 in HF orientation (what the torch stages load)."""
+        raw = self._raw.get(hf_name)
+        if raw is None:
+            raise ModelError(f"model {self.path} has no HF tensor {hf_name!r}",
+                             hint="HF names are those of the safetensors headers")
         return read_tensor(raw)
 
     def read_for_gguf(self, name: str) -> np.ndarray:
-        """A tensor as float32 with llama.cpp's conversion transforms applied."""
-        return to_gguf_layout(self.arch, self.tensor(name).gguf_name, self.read(name))
+        """A GGUF tensor as float32, exactly as llama.cpp's converter makes it."""
+        return self._conversion.read(self.tensor(name).gguf_name)
+
+    def convert_values(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The GGUF tensors that replacement HF tensors convert to (SmoothQuant's smoothed weights)."""
+        return self._conversion.convert_values(values)
+
+    def gguf_names_of(self, hf_name: str) -> tuple[str, ...]:
+        return self._feeds.get(hf_name, ())
+
+    def gguf_metadata(self) -> dict[str, gguf.GGUFValue]:
+        return dict(self._conversion.metadata)
 
     def fingerprint(self) -> str:
-        """sha256 over config.json and the tensor headers (not paths, not data)."""
-        digest = hashlib.sha256()
+        """sha256 over config.json, the HF headers and the converted table (not paths, not data)."""
+        from aqrecipe.models.converter.bundle import CONVERTER_VERSION
+
+        digest = hashlib.sha256(f"converter {CONVERTER_VERSION}\n".encode())
         digest.update(json.dumps(self.config, sort_keys=True, separators=(",", ":")).encode())
+        for raw in sorted(self._raw.values(), key=lambda r: r.name):
+            digest.update(f"{raw.name}|{raw.dtype}|{list(raw.shape)}|{raw.nbytes}\n".encode())
         for info in self.tensors:
-            line = f"{info.hf_name}|{info.gguf_name}|{info.dtype}|{list(info.shape)}|{info.nbytes}\n"
-            digest.update(line.encode())
+            digest.update(f"{info.gguf_name}|{list(info.shape)}\n".encode())
         return digest.hexdigest()
+
+    @property
+    def hf_folder(self) -> Path:
+        return self.path
 
     @property
     def tokenizer_dir(self) -> Path | None:
@@ -93,11 +134,11 @@ class ModelSource:
 
     @property
     def total_bytes(self) -> int:
-        return sum(info.nbytes for info in self.tensors)
+        return sum(raw.nbytes for raw in self._raw.values())
 
 
-def open_model(ref: str | Path, base_dir: Path | None = None) -> ModelSource:
-    """Open ``"demo"`` or a local HF folder; reads config.json and headers only."""
+def open_model(ref: str | Path, base_dir: Path | None = None, *, allow_requantize: bool = False) -> Any:
+    """Open ``"demo"``, a local HF folder or a GGUF file (headers only until tensors are read)."""
     if str(ref) == "demo":
         from aqrecipe.models.demo import materialize_demo
 
@@ -106,68 +147,27 @@ def open_model(ref: str | Path, base_dir: Path | None = None) -> ModelSource:
         path = Path(ref).expanduser()
         if not path.is_absolute() and base_dir is not None:
             path = Path(base_dir) / path
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        from aqrecipe.models.gguf_source import open_gguf
+
+        return open_gguf(path, allow_requantize=allow_requantize)
     return open_folder(path)
 
 
 def open_folder(path: Path) -> ModelSource:
-    """Open a Hugging Face model folder (config.json + safetensors)."""
+    """Open a Hugging Face model folder (config.json + safetensors) through llama.cpp's converter."""
+    from aqrecipe.models.converter.bridge import Conversion
+
     path = Path(path)
     config = load_config(path)
-    model_type_of(config)  # fail on an unknown architecture before touching weights
     raw = [t for file in find_weight_files(path) for t in read_header(file)]
-    names = {t.name for t in raw}
     _check_index(path, {t.name: t.file.name for t in raw})
-    tied = "lm_head.weight" not in names or bool(config.get("tie_word_embeddings", False))
-    arch = arch_info_from_config(config, tied_embeddings=tied)
-    _check_config_matches(path, arch, raw)
-    return ModelSource(path, config, arch, _map_tensors(path, arch, raw))
+    from aqrecipe.models.converter.table import table_key
 
-
-def _check_config_matches(path: Path, arch: ArchInfo, raw: list[RawTensor]) -> None:
-    """config.json's sizes against the tensor shapes; one error lists every disagreement."""
-
-    def rows_cols(suffix: str) -> tuple[str, int, int] | None:
-        t = next((t for t in raw if t.name.endswith(suffix) and len(t.shape) == 2), None)
-        return (t.name, t.shape[0], t.shape[1]) if t else None
-
-    a, problems = arch, []
-    if embed := rows_cols("embed_tokens.weight"):
-        if embed[2] != a.hidden:
-            problems.append(f"hidden_size is {a.hidden} but {embed[0]} has {embed[2]} columns")
-        if embed[1] != a.vocab:
-            problems.append(f"vocab_size is {a.vocab} but {embed[0]} has {embed[1]} rows")
-    q_rows, kv_rows = a.n_head * a.head_dim, a.n_head_kv * a.head_dim
-    checks = (  # tensor suffix, config keys, their values as shown, the rows they imply
-        ("mlp.gate_proj.weight", "intermediate_size", f"{a.ffn}", a.ffn),
-        ("self_attn.q_proj.weight", "num_attention_heads x head_dim", f"{a.n_head} x {a.head_dim} = {q_rows}", q_rows),
-        ("self_attn.k_proj.weight", "num_key_value_heads x head_dim", f"{a.n_head_kv} x {a.head_dim} = {kv_rows}", kv_rows),
-    )
-    for suffix, keys, shown, rows in checks:
-        found = rows_cols(suffix)
-        if found and found[1] != rows:
-            problems.append(f"{keys} is {shown} but {found[0]} has {found[1]} rows")
-    layers = {layer for t in raw if (layer := hf_layer_of(t.name)) is not None}
-    n_found = max(layers) + 1 if layers else a.n_layers
-    if n_found != a.n_layers:
-        missing = f" (no layer {n_found})" if n_found < a.n_layers else ""
-        problems.append(f"num_hidden_layers is {a.n_layers} but the weights hold {n_found} layers{missing}")
-    if problems:
-        example = _first_shape_mismatch(arch, raw)
-        raise ModelError(
-            f"{path}: config.json does not match the weights: {'; '.join(problems)}"
-            + (f" (e.g. {example})" if example else ""),
-            hint="use the config.json that came with these weights; it belongs to another model or was edited",
-        )
-
-
-def _first_shape_mismatch(arch: ArchInfo, raw: list[RawTensor]) -> str | None:
-    mapper = NameMapper(arch)
-    for t in raw:
-        found = mapper.lookup(t.name)
-        expected = mapper.expected_shape(*found) if found else None
-        if expected is not None and tuple(t.shape) != expected:
-            return f"{t.name} has shape {list(t.shape)} but config.json implies {list(expected)}"
-    return None
+    key = table_key(config, ((t.name, t.dtype, t.shape) for t in raw))
+    source = ModelSource(path, config, Conversion(path, hparams=config, table_key=key), raw)
+    check_shapes(source.path, source.arch, source.tensors)
+    return source
 
 
 def _check_index(path: Path, found: dict[str, str]) -> None:
@@ -184,47 +184,33 @@ def _check_index(path: Path, found: dict[str, str]) -> None:
             )
 
 
-def _map_tensors(path: Path, arch: ArchInfo, raw: list[RawTensor]) -> tuple[TensorInfo, ...]:
-    mapper = NameMapper(arch)
-    infos: list[TensorInfo] = []
-    seen_blocks: set[int] = set()
-    for t in raw:
-        if mapper.is_ignored(t.name):
+def check_shapes(path: Path, arch: ArchInfo, tensors: tuple[TensorInfo, ...]) -> None:
+    """The hyperparameters against the tensor shapes, in GGUF terms; one error lists every disagreement."""
+    h, f = arch.hidden, arch.ffn
+    expected = {  # role -> (rows or None, columns or None) the hyperparameters imply
+        "token_embd": (None, h), "output": (None, h), "attn_q": (None, h), "attn_k": (None, h),
+        "attn_v": (None, h), "ffn_gate": (f or None, h), "ffn_up": (f or None, h), "ffn_down": (h, f or None),
+    }
+    problems = []
+    for info in tensors:
+        role = role_of(info.gguf_name)
+        if len(info.shape) != 2 or not info.gguf_name.endswith(".weight") or role not in expected:
             continue
-        found = mapper.lookup(t.name)
-        if found is None:
-            raise ModelError(
-                f"{path}: tensor {t.name!r} has no llama.cpp counterpart for {arch.hf_model_type}",
-                hint="the checkpoint holds tensors this architecture does not have; "
-                "check config.json's model_type and num_hidden_layers",
-            )
-        kind, gguf_name = found
-        if gguf_name.startswith("output.") and arch.tied_embeddings:
-            continue  # tied: llama.cpp reuses token_embd
-        expected = mapper.expected_shape(kind, gguf_name)
-        if expected is not None and tuple(t.shape) != expected:
-            raise ModelError(
-                f"{path}: tensor {t.name!r} has shape {list(t.shape)} but config.json implies "
-                f"{list(expected)}",
-                hint="config.json does not belong to these weights (hidden_size, heads, "
-                "intermediate_size or vocab_size disagree)",
-            )
-        if (layer := layer_of(gguf_name)) is not None:
-            seen_blocks.add(layer)
-        infos.append(TensorInfo(t.name, gguf_name, t.shape, t.dtype, t.file, t.offset, t.nbytes))
-    _check_complete(path, arch, infos, seen_blocks)
-    infos.sort(key=lambda info: gguf_order_key(info.gguf_name))
-    return tuple(infos)
-
-
-def _check_complete(path: Path, arch: ArchInfo, infos: list[TensorInfo], blocks: set[int]) -> None:
-    missing_blocks = sorted(set(range(arch.n_layers)) - blocks)
-    gguf_names = {info.gguf_name for info in infos}
-    missing = [n for n in ("token_embd.weight", "output_norm.weight") if n not in gguf_names]
-    if missing_blocks or missing:
-        what = ", ".join(missing + [f"layer {i}" for i in missing_blocks[:5]])
+        rows, cols = expected[role]
+        want = [rows if rows is not None else info.shape[0], cols if cols is not None else info.shape[1]]
+        if list(info.shape) != want:
+            problems.append(f"{info.gguf_name} has shape {list(info.shape)} but the configuration implies {want}")
+        if len(problems) >= 3:
+            break
+    blocks = {layer for info in tensors if (layer := layer_of(info.gguf_name)) is not None}
+    missing = sorted(set(range(arch.n_layers)) - blocks)
+    if missing:
+        problems.append(f"the configuration says {arch.n_layers} layers but the weights have no layer "
+                        f"{', '.join(map(str, missing[:5]))}")
+    if not any(info.gguf_name == "token_embd.weight" for info in tensors):
+        problems.append("there is no token embedding (token_embd.weight)")
+    if problems:
         raise ModelError(
-            f"{path}: weights are incomplete: no {what}",
-            hint=f"config.json says {arch.n_layers} layers; a shard may be missing or the "
-            "config may belong to another model",
+            f"{path}: the configuration does not match the weights: {'; '.join(problems)}",
+            hint="use the config.json that came with these weights; it belongs to another model or was edited",
         )

@@ -1,23 +1,12 @@
-"""Tensor-name facts, in one place: the layer and role a name says, and the q/k rope permutation.
+"""Tensor-name facts, in one place: the layer and role a GGUF name says, and llama.cpp's tensor order.
 
 GGUF (llama.cpp) names: ``token_embd.weight``, ``blk.N.ROLE.weight`` (or ``.bias``),
 ``output_norm.weight``, ``output.weight``. HF names hold their layer as ``.layers.N.``.
-
-The rope rule: llama.cpp's llama graph uses interleaved (GPT-J style) rope, HF the
-half-split one, so on an architecture with ``permute_qk`` the rows of every block's
-``attn_q`` (over ``n_head`` heads) and ``attn_k`` (over ``n_head_kv`` heads), weights and
-biases, are permuted on conversion (:func:`to_gguf_layout`) and back (:func:`to_hf_layout`).
 """
 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
-
-import numpy as np
-
-if TYPE_CHECKING:
-    from aqrecipe.models.architectures import ArchInfo
 
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
 _BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(?:weight|bias)$")
@@ -55,50 +44,15 @@ def role_of(gguf_name: str, *, tied_output: bool = False) -> str:
     return m.group(2) if m else gguf_name.removesuffix(".weight")
 
 
-def rope_heads(arch: ArchInfo, gguf_name: str) -> int | None:
-    """The heads the tensor's rows are rope-permuted over in llama.cpp's layout, or None if not."""
-    if not arch.spec.permute_qk or layer_of(gguf_name) is None:
-        return None
-    role = role_of(gguf_name)
-    if role == "attn_q":
-        return arch.n_head
-    if role == "attn_k":
-        return arch.n_head_kv
-    return None
-
-
-def permute_rope_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
-    """Reorder q/k rows from HF's half-split rope layout to llama.cpp's interleaved one.
-
-    Within each head HF stores the rotated pairs as (first half, second half);
-    llama.cpp's llama graph wants them adjacent. Works for weights [rows, in]
-    and biases [rows]. transformers applies the inverse when it loads a GGUF.
-    """
-    rows = weight.shape[0]
-    if rows % (2 * n_heads):
-        raise ValueError(f"{rows} rows do not split into {n_heads} heads of even size")
-    half = rows // n_heads // 2
-    tail = weight.shape[1:]
-    grouped = weight.reshape(n_heads, 2, half, *tail)
-    return np.ascontiguousarray(grouped.swapaxes(1, 2).reshape(weight.shape))
-
-
-def unpermute_rope_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
-    """The inverse of :func:`permute_rope_rows` (llama.cpp layout back to HF)."""
-    rows = weight.shape[0]
-    half = rows // n_heads // 2
-    tail = weight.shape[1:]
-    grouped = weight.reshape(n_heads, half, 2, *tail)
-    return np.ascontiguousarray(grouped.swapaxes(1, 2).reshape(weight.shape))
-
-
-def to_gguf_layout(arch: ArchInfo, gguf_name: str, values: np.ndarray) -> np.ndarray:
-    """HF orientation -> the rows llama.cpp stores (q/k rope permutation where the arch needs it)."""
-    heads = rope_heads(arch, gguf_name)
-    return values if heads is None else permute_rope_rows(values, heads)
-
-
-def to_hf_layout(arch: ArchInfo, gguf_name: str, values: np.ndarray) -> np.ndarray:
-    """The inverse of :func:`to_gguf_layout`: llama.cpp's rows back to HF orientation."""
-    heads = rope_heads(arch, gguf_name)
-    return values if heads is None else unpermute_rope_rows(values, heads)
+def gguf_order_key(gguf_name: str) -> tuple:
+    """token_embd, blk.0 .. blk.N (by name within a block), output_norm, output, others."""
+    if gguf_name.startswith("token_embd."):
+        return (0, 0, gguf_name)
+    layer = layer_of(gguf_name)
+    if layer is not None:
+        return (1, layer, gguf_name)
+    if gguf_name.startswith("output_norm."):
+        return (2, 0, gguf_name)
+    if gguf_name.startswith("output."):
+        return (3, 0, gguf_name)
+    return (4, 0, gguf_name)

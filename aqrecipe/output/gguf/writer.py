@@ -1,4 +1,4 @@
-"""write_gguf: header, hyperparameters, tokenizer, metadata, then tensors streamed one by one."""
+"""write_gguf: header, the source's metadata (llama.cpp's keys, carried over), ours, then tensors one by one."""
 
 from __future__ import annotations
 
@@ -16,10 +16,8 @@ import numpy as np
 from aqrecipe.quant.blocktypes import file_type_for
 from aqrecipe.quant.sizes import tensor_bytes
 from aqrecipe.errors import ByteLengthError, ShapeMismatchError
-from aqrecipe.models.source import ModelSource
+from aqrecipe.models.protocol import WeightSource
 from aqrecipe.formats.fileio import atomic_path, check_output_folder
-from aqrecipe.output.gguf.hparams import add_hparams
-from aqrecipe.output.gguf.tokenizer import add_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +57,7 @@ def guess_file_type(planned: Sequence[PlannedTensorLike]) -> int:
 
 def write_gguf(
     dest: str | Path,
-    source: ModelSource,
+    source: WeightSource,
     planned: Sequence[PlannedTensorLike],
     produce: Callable[[PlannedTensorLike], np.ndarray],
     metadata: Mapping[str, Any] | None = None,
@@ -104,21 +102,23 @@ def write_gguf(
 
 def _add_kv(
     writer: gguf.GGUFWriter,
-    source: ModelSource,
+    source: WeightSource,
     planned: Sequence[PlannedTensorLike],
     metadata: Mapping[str, Any],
     file_type: int | None,
 ) -> None:
-    if "general.name" not in metadata:
-        writer.add_name(source.path.name)
+    carried = source.gguf_metadata()
+    if "general.name" not in metadata and "general.name" not in carried:
+        writer.add_name(source.path.stem)
+    for key, value in carried.items():
+        if key in ("general.architecture", "general.type") or key in metadata:
+            continue  # GGUFWriter writes the architecture itself; the type is set below
+        writer.add_key_value(key, value.value, value.type, sub_type=value.sub_type)
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_file_type(guess_file_type(planned) if file_type is None else int(file_type))
     writer.add_quantization_version(QUANTIZATION_VERSION)
-    add_hparams(writer, source.arch)
-    if source.tokenizer_dir is None:
-        log.warning("%s has no tokenizer files; the GGUF will have no tokenizer", source.path)
-    else:
-        add_tokenizer(writer, source.tokenizer_dir, source.arch.vocab)
+    if not any(key.startswith("tokenizer.ggml.") for key in carried):
+        log.warning("%s has no tokenizer; the GGUF will have none", source.path)
     for key in sorted(metadata):
         _add_value(writer, key, metadata[key])
 
