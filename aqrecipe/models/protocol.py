@@ -23,7 +23,7 @@ import gguf
 import numpy as np
 
 from aqrecipe.models.architectures import ArchInfo
-from aqrecipe.models.source import TensorInfo
+from aqrecipe.models.tensor_table import TensorInfo
 
 
 @runtime_checkable

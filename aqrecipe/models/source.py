@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +20,8 @@ from aqrecipe.errors import CorruptFileError, ModelError
 from aqrecipe.models.architectures import ArchInfo, arch_info_from_metadata
 from aqrecipe.models.files import INDEX_FILE, find_weight_files, load_config
 from aqrecipe.models.safetensors_io import RawTensor, read_header, read_tensor
-from aqrecipe.models.tensor_names import gguf_order_key, layer_of, role_of
+from aqrecipe.models.tensor_names import gguf_order_key
+from aqrecipe.models.tensor_table import TensorInfo, check_shapes
 
 if TYPE_CHECKING:
     import gguf
@@ -29,22 +29,6 @@ if TYPE_CHECKING:
     from aqrecipe.models.converter.bridge import Conversion
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """One GGUF tensor: its name, the HF tensor it comes from, its shape ([rows, row_len]) and source dtype."""
-
-    hf_name: str  # the (first) HF tensor it is converted from; the GGUF name for GGUF input
-    gguf_name: str
-    shape: tuple[int, ...]
-    dtype: str  # the stored dtype of its source: F32, F16, BF16
-    nbytes: int  # bytes of its source data
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["shape"] = list(self.shape)
-        return data
 
 
 class ModelSource:
@@ -182,35 +166,3 @@ def _check_index(path: Path, found: dict[str, str]) -> None:
                 f"{index_path.name} places {name!r} in {shard}, but that shard does not hold it",
                 hint="the shards and the index come from different downloads; fetch them again",
             )
-
-
-def check_shapes(path: Path, arch: ArchInfo, tensors: tuple[TensorInfo, ...]) -> None:
-    """The hyperparameters against the tensor shapes, in GGUF terms; one error lists every disagreement."""
-    h, f = arch.hidden, arch.ffn
-    expected = {  # role -> (rows or None, columns or None) the hyperparameters imply
-        "token_embd": (None, h), "output": (None, h), "attn_q": (None, h), "attn_k": (None, h),
-        "attn_v": (None, h), "ffn_gate": (f or None, h), "ffn_up": (f or None, h), "ffn_down": (h, f or None),
-    }
-    problems = []
-    for info in tensors:
-        role = role_of(info.gguf_name)
-        if len(info.shape) != 2 or not info.gguf_name.endswith(".weight") or role not in expected:
-            continue
-        rows, cols = expected[role]
-        want = [rows if rows is not None else info.shape[0], cols if cols is not None else info.shape[1]]
-        if list(info.shape) != want:
-            problems.append(f"{info.gguf_name} has shape {list(info.shape)} but the configuration implies {want}")
-        if len(problems) >= 3:
-            break
-    blocks = {layer for info in tensors if (layer := layer_of(info.gguf_name)) is not None}
-    missing = sorted(set(range(arch.n_layers)) - blocks)
-    if missing:
-        problems.append(f"the configuration says {arch.n_layers} layers but the weights have no layer "
-                        f"{', '.join(map(str, missing[:5]))}")
-    if not any(info.gguf_name == "token_embd.weight" for info in tensors):
-        problems.append("there is no token embedding (token_embd.weight)")
-    if problems:
-        raise ModelError(
-            f"{path}: the configuration does not match the weights: {'; '.join(problems)}",
-            hint="use the config.json that came with these weights; it belongs to another model or was edited",
-        )
