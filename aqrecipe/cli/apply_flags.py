@@ -24,7 +24,7 @@ def add_apply_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_quantize_arguments(p: argparse.ArgumentParser) -> None:
     """Positional and flags of ``aqrecipe quantize``."""
-    p.add_argument("model", help="'demo' or a Hugging Face model folder")
+    p.add_argument("model", help="'demo', a Hugging Face model folder or an F16/BF16/F32 GGUF file")
     p.add_argument("--type", "-t", required=True, help="a llama.cpp file type (Q4_K_M, Q8_0, ...) or a block type")
     p.add_argument("-o", "--output", help="output .gguf")
     p.add_argument("--set", action="append", metavar="PATTERN=TYPE", help="per-tensor override")
@@ -45,6 +45,14 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
                    "one run at a time per folder")
     p.add_argument("--restart", action="store_true", help="discard checkpoints of an earlier run")
     add_max_memory_flag(p)
+    add_allow_requantize_flag(p)
+
+
+def add_allow_requantize_flag(p: argparse.ArgumentParser) -> None:
+    """``--allow-requantize`` (validate, compile, apply, quantize): accept an already quantized GGUF as the model."""
+    p.add_argument("--allow-requantize", action="store_true",
+                   help="accept an already quantized GGUF model (it is dequantized; the rounding errors of "
+                        "both quantizations add up), as llama-quantize --allow-requantize")
 
 
 def add_max_memory_flag(p: argparse.ArgumentParser) -> None:

@@ -66,7 +66,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     issues = []
     if not args.schema_only:
         try:
-            plan = plan_from_recipe(recipe, model_override=args.model)
+            plan = plan_from_recipe(recipe, model_override=args.model, allow_requantize=args.allow_requantize)
             issues = _model_issues(recipe, plan)
         except ModelError as exc:
             issues = [recipe.issue_at("$.model", "R202", str(exc.message), value=recipe.model, allowed=exc.hint)]
@@ -86,7 +86,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from aqrecipe.recipe import load_recipe
 
     recipe = load_recipe(Path(args.recipe))
-    plan = plan_from_recipe(recipe, extra_rules=_set_rules(args), model_override=args.model)
+    plan = plan_from_recipe(recipe, extra_rules=_set_rules(args), model_override=args.model,
+                            allow_requantize=args.allow_requantize)
     for issue in _model_issues(recipe, plan):
         log.warning("%s", issue.format())
     if args.output:
@@ -132,7 +133,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from aqrecipe.apply.run import run_apply
     from aqrecipe.plan.from_recipe import load_target
 
-    plan, recipe = load_target(Path(args.target), extra_rules=_set_rules(args))
+    plan, recipe = load_target(Path(args.target), extra_rules=_set_rules(args), allow_requantize=args.allow_requantize)
     dest = args.output or (recipe.resolve_path(recipe.output.path) if recipe and recipe.output.path else None)
     if dest is None:
         raise AqrecipeError("no output path", hint="pass -o OUT.gguf or set output.path in the recipe", code="AQ701")
@@ -168,7 +169,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         raise AqrecipeError("no output path", hint="pass -o OUT.gguf (or --emit-recipe to print the recipe)", code="AQ701")
     from aqrecipe.plan.from_recipe import plan_from_recipe
 
-    plan = plan_from_recipe(recipe)
+    plan = plan_from_recipe(recipe, allow_requantize=args.allow_requantize)
     result = run_apply(plan, recipe, Path(args.output), _apply_options(args))
     _print_apply(args, result)
     return _exit_code(result)
@@ -242,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe")
     p.add_argument("--model", help="override the recipe's model")
     p.add_argument("--schema-only", action="store_true", help="skip the checks that open the model")
+    from aqrecipe.cli.apply_flags import add_allow_requantize_flag, add_apply_arguments, add_quantize_arguments
+
+    add_allow_requantize_flag(p)  # validate's
 
     p = add("compile", cmd_compile, "print the execution plan: per-tensor types, bytes, rules, totals")
     p.add_argument("recipe")
@@ -249,8 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write the plan as JSON (input for apply)")
     p.add_argument("--set", action="append", metavar="PATTERN=TYPE", help="extra rule, before the recipe's")
     p.add_argument("--summary", action="store_true", help="totals only, no per-tensor table")
-
-    from aqrecipe.cli.apply_flags import add_apply_arguments, add_quantize_arguments
+    add_allow_requantize_flag(p)  # compile's
 
     add_apply_arguments(add("apply", cmd_apply, "run a recipe or a compiled plan and write the quantized model"))
     add_quantize_arguments(add("quantize", cmd_quantize, "llama-quantize-like shortcut: MODEL --type T -o OUT"))

@@ -33,6 +33,12 @@ def quantization_section(type_name: str, set_options: Sequence[str] = ()) -> dic
     return section
 
 
+def _model_name(model: str) -> str:
+    """The recipe's name stem: the folder's name, or a GGUF file's name without .gguf."""
+    path = Path(model)
+    return path.stem if path.suffix.lower() == ".gguf" else path.name
+
+
 def shortcut_recipe(
     model: str,
     type_name: str,
@@ -47,7 +53,7 @@ def shortcut_recipe(
     model_ref = model if model == "demo" else str(Path(model).resolve())
     data: dict[str, Any] = {
         "version": 1,
-        "name": f"{Path(model).name}-{type_name.upper()}",
+        "name": f"{_model_name(model)}-{type_name.upper()}",
         "model": model_ref,
         "quantization": quantization_section(type_name, set_options),
         "evaluation": {"enabled": False},  # like llama-quantize; --eval turns it on

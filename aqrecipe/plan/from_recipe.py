@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from aqrecipe.errors import PlanError
@@ -19,14 +20,20 @@ def recipe_rules(recipe: Recipe) -> list[Rule]:
     ]
 
 
-def plan_from_recipe(recipe: Recipe, *, extra_rules: Sequence[Rule] = (), model_override: str | None = None) -> Plan:
+def plan_from_recipe(recipe: Recipe, *, extra_rules: Sequence[Rule] = (), model_override: str | None = None,
+                     allow_requantize: bool = False) -> Plan:
     """Open the recipe's model (headers only) and compile the plan.
 
-    CLI rules (``--set``) come before the recipe's, so they win within a kind.
+    CLI rules (``--set``) come before the recipe's, so they win within a kind. ``allow_requantize``
+    (``--allow-requantize``) accepts an already quantized GGUF; the plan records it so that apply
+    reopens the model with the same permission.
     """
     model_ref = model_override or recipe.model
     base_dir = recipe.source_path.parent if recipe.source_path else None
-    source = open_model(model_ref, base_dir=base_dir)
+    source = open_model(model_ref, base_dir=base_dir, allow_requantize=allow_requantize)
+    options: dict = {"ternary_scale": recipe.quantization.ternary_scale}
+    if allow_requantize:  # only when given: plans (and their hashes) without it stay as they were
+        options["allow_requantize"] = True
     spec = PlanSpec(
         mixture=recipe.quantization.mixture,
         default=recipe.quantization.default,
@@ -38,19 +45,22 @@ def plan_from_recipe(recipe: Recipe, *, extra_rules: Sequence[Rule] = (), model_
         model_ref=model_ref,
         recipe_text=recipe.source_text,
         recipe_path=str(recipe.source_path) if recipe.source_path else None,
-        options={"ternary_scale": recipe.quantization.ternary_scale},
+        options=options,
     )
 
 
-def load_target(target: Path, *, extra_rules: Sequence[Rule] = ()) -> tuple[Plan, Recipe | None]:
-    """A recipe (.yaml/.yml) is compiled; a plan (.json) is read as it is."""
+def load_target(target: Path, *, extra_rules: Sequence[Rule] = (),
+                allow_requantize: bool = False) -> tuple[Plan, Recipe | None]:
+    """A recipe (.yaml/.yml) is compiled; a plan (.json) is read as it is (``allow_requantize`` added)."""
     if target.suffix == ".json":
         if extra_rules:
             raise PlanError("--set cannot change a compiled plan", hint="pass the recipe instead, or recompile")
         plan = load_plan(target)
+        if allow_requantize and not plan.options.get("allow_requantize"):
+            plan = replace(plan, options={**plan.options, "allow_requantize": True})
         recipe = None
         if plan.recipe_text is not None:
             recipe = parse_recipe(plan.recipe_text, source_path=Path(plan.recipe_path) if plan.recipe_path else None)
         return plan, recipe
     recipe = load_recipe(target)
-    return plan_from_recipe(recipe, extra_rules=extra_rules), recipe
+    return plan_from_recipe(recipe, extra_rules=extra_rules, allow_requantize=allow_requantize), recipe

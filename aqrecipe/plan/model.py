@@ -155,11 +155,17 @@ def load_plan(path: Path) -> Plan:
     return Plan.from_dict(data)
 
 
-def checked_source(plan: Plan) -> ModelSource:
-    """The plan's model, refused when it changed since the plan was compiled."""
+def plan_source(plan: Plan) -> ModelSource:
+    """The plan's model, opened as compile opened it (an already quantized GGUF only with the plan's
+    ``allow_requantize``)."""
     from aqrecipe.models import open_model
 
-    source = open_model(plan.model_path)
+    return open_model(plan.model_path, allow_requantize=bool(plan.options.get("allow_requantize")))
+
+
+def checked_source(plan: Plan) -> ModelSource:
+    """The plan's model, refused when it changed since the plan was compiled."""
+    source = plan_source(plan)
     if source.fingerprint() != plan.model_fingerprint:
         raise PlanError(
             f"the model at {plan.model_path} changed since the plan was compiled",
