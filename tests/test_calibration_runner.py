@@ -34,10 +34,10 @@ OPTS = RunnerOptions(device="cpu", batch_tokens=96)  # 3 samples of 32 tokens pe
 
 
 def _build(folder: Path) -> Path:
-    from helpers_models import build_tokenizer
+    from helpers_models import VOCAB, build_tokenizer
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    config = LlamaConfig(vocab_size=384, hidden_size=64, intermediate_size=96, num_hidden_layers=N_LAYERS,
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=N_LAYERS,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                          bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
     torch.manual_seed(1)
@@ -48,7 +48,7 @@ def _build(folder: Path) -> Path:
                 p.copy_(1.0 + 0.2 * torch.randn_like(p))
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
-    build_tokenizer(folder, "smollm", vocab_size=300)
+    build_tokenizer(folder)
     return folder
 
 
@@ -82,7 +82,6 @@ def _reference(model_dir: Path, windows: np.ndarray):
     from transformers import AutoModelForCausalLM
 
     src = open_model(model_dir)
-    names = {t.hf_name: t.gguf_name for t in src.tensors}
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
     sums: dict[str, np.ndarray] = {}
     ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -98,7 +97,8 @@ def _reference(model_dir: Path, windows: np.ndarray):
 
     for n, mod in model.named_modules():
         if isinstance(mod, torch.nn.Linear):
-            mod.register_forward_hook(hook(names[n + ".weight"]))
+            (name,) = src.gguf_names_of(n + ".weight")
+            mod.register_forward_hook(hook(name))
     with torch.no_grad():
         model(torch.from_numpy(windows))
     return sums, ranges

@@ -14,8 +14,10 @@ from aqrecipe.calibration.observers import InputStatsObserver, LinearObserver
 class LayerHooks:
     """Forward hooks on every ``nn.Linear`` of one stage, feeding the observers."""
 
-    def __init__(self, stage: int, named_linears: Sequence[tuple[str, Any]],
+    def __init__(self, stage: int, named_linears: Sequence[tuple[tuple[str, ...], Any]],
                  observers: Sequence[LinearObserver], stats: InputStatsObserver | None) -> None:
+        """``named_linears``: each module with the GGUF tensors its weight feeds (one, or several
+        for a weight the converter splits: they share the module's input, hence its statistics)."""
         self.stage = stage
         self.observers = observers
         self.stats = stats
@@ -26,17 +28,18 @@ class LayerHooks:
         self._first_batch = True
         self._alias: dict[str, str] = {}
         self.seconds = 0.0  # time spent in the observers (the statistics' cost)
-        for gguf_name, module in named_linears:
-            self.handles.append(module.register_forward_hook(self._make_hook(gguf_name)))
+        for gguf_names, module in named_linears:
+            self.handles.append(module.register_forward_hook(self._make_hook(tuple(gguf_names))))
 
     def next_batch(self) -> None:
         if self._batch_inputs:
             self._first_batch = False
         self._batch_inputs.clear()
 
-    def _make_hook(self, gguf_name: str):
+    def _make_hook(self, gguf_names: tuple[str, ...]):
         def hook(module, args, output):
-            self.record(gguf_name, args[0], output)
+            for name in gguf_names:  # the second and later see the same input object: aliased
+                self.record(name, args[0], output)
 
         return hook
 

@@ -27,6 +27,9 @@ class LinearObserver:
 
     key = "observer"
     needs_output = False
+    #: True: :meth:`observe_final` receives the decoder's final normed hidden states (the output
+    #: head's input), also for tied embeddings, where no ``output.weight`` is observed
+    wants_final = False
 
     def wants(self, gguf_name: str) -> bool:
         """Whether :meth:`observe` should be called for this linear."""
@@ -34,6 +37,9 @@ class LinearObserver:
 
     def observe(self, layer: int, gguf_name: str, x: np.ndarray, y: np.ndarray | None) -> None:
         """``x``: the input ``[tokens, in]``; ``y``: the output ``[tokens, out]`` or None."""
+
+    def observe_final(self, x: np.ndarray) -> None:
+        """``x``: one batch of final normed hidden states ``[tokens, hidden]`` (see :attr:`wants_final`)."""
 
     def layer_state(self, layer: int) -> Mapping[str, np.ndarray]:
         """Arrays to checkpoint after ``layer`` finished (keys without '/' issues are fine)."""

@@ -1,18 +1,24 @@
-"""Sequential, layer-by-layer calibration forward pass.
+"""Sequential, layer-by-layer calibration forward pass, for any decoder-only transformers model.
 
-The model skeleton is built on the meta device (no memory); then:
+The model skeleton holds its parameters on the meta device (no memory) and its buffers for real
+(rotary frequencies, embedding scales: the modeling code computes them); then:
 
-1. embed every sample into the activation cache;
-2. for each decoder layer: load that layer's weights from the safetensors
-   (through the :class:`~aqrecipe.models.ModelSource` reader), run all samples
-   through it in batches while hooks on every ``nn.Linear`` feed the observers,
-   write the outputs back to the cache, free the layer, checkpoint;
-3. apply the final norm and observe ``output.weight``'s input (its matmul is
-   skipped: only its input statistics are needed).
+1. the decoder's own forward runs with recording stubs in place of its layers
+   (:mod:`aqrecipe.calibration.layer_calls`): the embedding of every sample (whatever the family
+   does to it, e.g. Gemma's sqrt(hidden) scale) fills the activation cache, and the arguments each
+   layer is called with (masks, rotary embeddings, positions; per layer, since Gemma alternates
+   sliding and global ones) are kept for the loop. They are recomputed, never checkpointed;
+2. for each decoder layer: load that layer's weights (through the source's ``read``), run all
+   samples through it in batches with those arguments while hooks on every ``nn.Linear`` feed the
+   observers (keyed by the GGUF tensors the linear feeds), write the outputs back to the cache,
+   free the layer, checkpoint;
+3. apply the final norm (``model.model.norm``) and observe ``output.weight``'s input (the head's
+   matmul, and anything after it such as Gemma's logit softcapping, is skipped: only its input
+   statistics are needed).
 
-Peak memory is one decoder layer plus the activation cache (which spills to disk
-above ``max_cache_bytes``). The rotary embedding and causal mask come from the
-model family's own modeling code, so the result equals a full forward pass.
+Peak memory is one decoder layer plus the activation cache (which spills to disk above
+``max_cache_bytes``). Nothing here knows a model family, so the result equals the model's own
+full forward pass.
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ import numpy as np
 from aqrecipe.calibration.cache import ActivationCache
 from aqrecipe.calibration.checkpoint import WorkDir
 from aqrecipe.calibration.heap import trim_heap
+from aqrecipe.calibration.hf_model import decoder_of, empty_model, linear_modules
 from aqrecipe.calibration.hooks import LayerHooks
+from aqrecipe.calibration.layer_calls import LayerCall, capture_layer_calls
 from aqrecipe.calibration.observers import DownProjRanges, InputStatsObserver, LinearObserver
 from aqrecipe.calibration.stats import Backend, ChannelStats
 from aqrecipe.errors import AqrecipeError, ImatrixError, ResumeError, UnsupportedArchitectureError
@@ -48,6 +56,8 @@ log = logging.getLogger(__name__)
 #: What needs torch and transformers here (the DependencyError's message); the helpers below
 #: import them plainly because they run only after run_calibration or calibrate checked.
 CALIBRATION = "the calibration forward pass (imatrix, SmoothQuant, super-weight detection)"
+#: The stage named when a source cannot be calibrated (GGUF input, a decoder without model.layers).
+IMATRIX_STAGE = "imatrix calibration"
 
 # Test hooks: SIGKILL ourselves after stage k is committed / in the middle of stage k.
 KILL_AFTER_ENV = "AQRECIPE_TEST_KILL_AFTER_STAGE"
@@ -116,36 +126,46 @@ def _torch_dtype(name: str):
         raise AqrecipeError(f"unknown compute dtype {name!r}", hint="use float32, bfloat16 or float16") from None
 
 
-def build_skeleton(source: WeightSource, attn_implementation: str):
-    """The HF model on the meta device, plus its config."""
+def build_skeleton(source: WeightSource, attn_implementation: str | None, stage: str = IMATRIX_STAGE):
+    """The HF model (parameters on the meta device), its decoder and its config.
+
+    Raises UnsupportedArchitectureError naming ``stage`` for GGUF input (no HF folder) and for a
+    model whose decoder has no ``model.embed_tokens`` / ``model.layers``.
+    """
+    model = empty_model(source, stage, attn_implementation=attn_implementation)
+    base = decoder_of(model, stage)
+    return model, base, model.config
+
+
+def _load_module(module: torch.nn.Module, source: WeightSource, prefix: str, device: str, dtype,
+                 skip: tuple[str, ...] = ()) -> None:
+    """Give ``module``'s meta parameters the checkpoint's weights under ``prefix``; move it to ``device``.
+
+    Parameters take the compute dtype; buffers (made by the modeling code) only move, so rotary
+    frequencies keep the precision the model computed them in. Submodules named in ``skip`` are
+    left alone.
+    """
     import torch
-    import transformers
 
-    config = transformers.AutoConfig.from_pretrained(str(source.path))
-    config._attn_implementation = attn_implementation
-    with torch.device("meta"):
-        model = transformers.AutoModelForCausalLM.from_config(config)
-    base = getattr(model, "model", None)
-    if base is None or not hasattr(base, "layers") or not hasattr(base, "embed_tokens"):
-        raise UnsupportedArchitectureError(
-            f"calibration does not know how to run {type(model).__name__} layer by layer",
-            hint="supported: decoder-only models with model.embed_tokens / model.layers (llama, qwen2)",
-        )
-    return model, base, config
+    names = [n for n, _ in module.named_parameters() if not n.startswith(skip)]
+    state = {n: torch.from_numpy(source.read(prefix + n)).to(device=device, dtype=dtype) for n in names}
+    module.load_state_dict(state, strict=False, assign=True)
+    for sub in module.modules():
+        for key, buf in list(sub._buffers.items()):
+            if buf is not None and buf.device.type != "meta":
+                sub._buffers[key] = buf.to(device)
 
 
-def _load_module(module: torch.nn.Module, source: WeightSource, prefix: str, device: str, dtype) -> None:
-    """Replace ``module``'s meta parameters with the weights under ``prefix``."""
+def _free(module, skip: tuple[str, ...] = ()) -> None:
+    """Drop the module's weights (back to meta); its buffers stay."""
     import torch
 
-    names = [n for n, _ in module.named_parameters()] + [n for n, _ in module.named_buffers()]
-    state = {n: torch.from_numpy(source.read(prefix + n)) for n in names}
-    module.load_state_dict(state, strict=True, assign=True)
-    module.to(device=device, dtype=dtype)
-
-
-def _free(module) -> None:
-    module.to("meta")
+    for name, param in list(module.named_parameters()):
+        if name.startswith(skip) or param.device.type == "meta":
+            continue
+        owner, _, leaf = name.rpartition(".")
+        holder = module.get_submodule(owner) if owner else module
+        holder._parameters[leaf] = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
 
 
 def _maybe_kill(env: str, stage: int) -> None:
@@ -162,13 +182,13 @@ class _Pass:
     config: transformers.PretrainedConfig
     cache: ActivationCache
     batches: list[tuple[int, int]]
-    names: dict[str, str]  # HF weight name -> llama.cpp name
     observers: list[LinearObserver]
     stats_obs: InputStatsObserver | None
     device: str
     dtype: torch.dtype  # the compute dtype
     options: RunnerOptions
     work: WorkDir | None
+    calls: dict[int, list[LayerCall]] = field(default_factory=dict)  # batch size -> each layer's call
 
 
 def run_calibration(
@@ -179,12 +199,13 @@ def run_calibration(
     work: WorkDir | None = None,
     observers: Sequence[LinearObserver] = (),
     quiet: bool = False,
+    stage: str = IMATRIX_STAGE,
 ) -> CalibrationResult:
     """Run ``windows`` ``[samples, seq_len]`` through ``source`` layer by layer.
 
     ``work`` (an open :class:`WorkDir` with ``n_stages = n_layers + 1``) makes
     the run resumable; without it nothing is written except a spilled cache in
-    a temporary folder.
+    a temporary folder. ``stage`` names the caller in errors (GGUF input, an unsupported decoder).
     """
     torch, _ = require_torch(CALIBRATION)
 
@@ -192,7 +213,7 @@ def run_calibration(
     n_samples, seq_len = windows.shape
     device = options.resolved_device()
     dtype = _torch_dtype(options.dtype)
-    model, base, config = build_skeleton(source, options.attn_implementation)
+    model, base, config = build_skeleton(source, options.attn_implementation, stage)
     n_layers = len(base.layers)
     if work is not None and work.n_stages != n_layers + 1:
         raise ResumeError(f"work folder expects {work.n_stages} stages, the model has {n_layers + 1}")
@@ -203,12 +224,13 @@ def run_calibration(
     cache = ActivationCache((n_samples, seq_len, int(config.hidden_size)), max_bytes=options.max_cache_bytes,
                             folder=folder, work=work)
     p = _Pass(source, base, config, cache, _batches(n_samples, seq_len, options.batch_tokens),
-              {t.hf_name: t.gguf_name for t in source.tensors}, all_obs, stats_obs, device, dtype, options, work)
+              all_obs, stats_obs, device, dtype, options, work)
     start_stage = work.completed if work is not None else 0
     t0 = time.perf_counter()
     try:
         with torch.inference_mode():
             _restore_observers(p, start_stage)
+            _capture_calls(p, start_stage, n_layers)
             _fill_cache(p, windows, start_stage)
             stats_seconds = _run_stages(p, start_stage, n_layers, quiet)
     finally:
@@ -275,7 +297,7 @@ def _restore_observers(p: _Pass, start_stage: int) -> None:
 def _fill_cache(p: _Pass, windows: np.ndarray, start_stage: int) -> None:
     """The activation cache at ``start_stage``: the embeddings on a fresh run, else the checkpoint."""
     if start_stage == 0:
-        _embed(p.base, p.source, windows, p.cache.init_embeddings(), p.batches, p.device)
+        _embed(p, windows, p.cache.init_embeddings())
         trim_heap()
         return
     try:
@@ -287,27 +309,37 @@ def _fill_cache(p: _Pass, windows: np.ndarray, start_stage: int) -> None:
         ) from None
 
 
-def _rotary(p: _Pass, seq_len: int) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-    """Position ids and the model family's own rotary embedding for them."""
+def _capture_calls(p: _Pass, start_stage: int, n_layers: int) -> None:
+    """Each layer's call arguments, for every batch size of the run (masks have a batch dimension).
+
+    They depend on shapes, dtype and device only, so the decoder's preamble runs on zero
+    embeddings: no weight is loaded, and a resumed run recomputes them as cheaply.
+    """
     import torch
 
-    rotary = type(p.base.rotary_emb)(config=p.config).to(p.device)
-    pos = torch.arange(seq_len, device=p.device).unsqueeze(0)
-    probe = torch.zeros(1, seq_len, int(p.config.hidden_size), device=p.device, dtype=p.dtype)
-    return pos, rotary(probe, pos)
+    if start_stage >= n_layers:
+        return
+    _, seq_len, hidden = p.cache.shape
+    for size in sorted({s1 - s0 for s0, s1 in p.batches}):
+        probe = torch.zeros(size, seq_len, hidden, device=p.device, dtype=p.dtype)
+        _load_module(p.base, p.source, "model.", p.device, p.dtype, skip=_DECODER_WEIGHTS)
+        _, p.calls[size] = capture_layer_calls(p.base, inputs_embeds=probe)
+
+
+#: What the call-capturing preamble never needs: the layers' and the embedding's weights.
+_DECODER_WEIGHTS = ("layers.", "embed_tokens.", "norm.")
 
 
 def _run_stages(p: _Pass, start_stage: int, n_layers: int, quiet: bool) -> float:
     """Every stage from ``start_stage`` on (decoder layers, then the output); returns the statistics seconds."""
     n_samples, seq_len, _ = p.cache.shape
-    pos, pos_emb = _rotary(p, seq_len)
     stages = range(start_stage, n_layers + 1)
     bar = _progress(len(stages), n_layers + 1, start_stage, quiet)
     stats_seconds = 0.0
     for stage in stages:
         ts = time.perf_counter()
         if stage < n_layers:
-            stats_seconds += _run_layer(stage, p, pos, pos_emb)
+            stats_seconds += _run_layer(stage, p)
         else:
             stats_seconds += _run_output(stage, p)
         # the stage's weights and activations are dead now: without handing the freed
@@ -344,60 +376,52 @@ def _progress(total: int, n_stages: int, initial: int, quiet: bool):
     return tqdm.tqdm(total=n_stages, initial=initial, desc="calibrating", unit="layer", leave=False)
 
 
-def _embed(base, source, windows, out: np.ndarray, batches, device) -> None:
+def _embed(p: _Pass, windows: np.ndarray, out: np.ndarray) -> None:
+    """Layer 0's input for every sample, from the decoder's own forward (its embedding and scaling)."""
     import torch
 
-    emb = base.embed_tokens
-    _load_module(emb, source, "model.embed_tokens.", device, torch.float32)
-    for s0, s1 in batches:
-        ids = torch.from_numpy(windows[s0:s1]).to(device)
-        out[s0:s1] = emb(ids).float().cpu().numpy()
-    _free(emb)
+    _load_module(p.base, p.source, "model.", p.device, p.dtype, skip=("layers.",))
+    try:
+        for s0, s1 in p.batches:
+            ids = torch.from_numpy(windows[s0:s1]).to(p.device)
+            hidden, _ = capture_layer_calls(p.base, input_ids=ids)
+            out[s0:s1] = hidden.float().cpu().numpy()
+    finally:
+        _free(p.base, skip=("layers.",))
 
 
-def _layer_mask(config, stage: int, h, pos):
-    from transformers import masking_utils
+def _linears(module, prefix: str, source: WeightSource) -> list[tuple[tuple[str, ...], Any]]:
+    """Each ``nn.Linear`` of a layer with the GGUF tensors its weight feeds (none: not observed).
 
-    kind = (getattr(config, "layer_types", None) or [None] * (stage + 1))[stage]
-    make = (masking_utils.create_sliding_window_causal_mask if kind == "sliding_attention"
-            else masking_utils.create_causal_mask)
-    return make(config=config, inputs_embeds=h, attention_mask=None, cache=None, position_ids=pos)
-
-
-def _linears(module, prefix: str, names: dict[str, str]) -> list[tuple[str, Any]]:
-    import torch
-
+    A fused HF linear feeds one fused GGUF tensor (phi3's qkv_proj -> attn_qkv); a linear the
+    converter splits feeds several, which share its input statistics.
+    """
     found = []
-    for sub, mod in module.named_modules():
-        if isinstance(mod, torch.nn.Linear):
-            hf = f"{prefix}{sub}.weight"
-            if hf not in names:
-                raise UnsupportedArchitectureError(f"linear {hf} has no llama.cpp tensor name")
-            found.append((names[hf], mod))
+    for sub, mod in linear_modules(module):
+        names = tuple(source.gguf_names_of(f"{prefix}{sub}.weight"))
+        if names:
+            found.append((names, mod))
     return found
 
 
-def _run_layer(stage: int, p: _Pass, pos: torch.Tensor, pos_emb: tuple[torch.Tensor, torch.Tensor]) -> float:
+def _run_layer(stage: int, p: _Pass) -> float:
     """Run one decoder layer over the cache; returns the seconds spent in statistics."""
     import torch
 
     layer = p.base.layers[stage]
     prefix = f"model.layers.{stage}."
     _load_module(layer, p.source, prefix, p.device, p.dtype)
-    hooks = (LayerHooks(stage, _linears(layer, prefix, p.names), p.observers, p.stats_obs)
+    hooks = (LayerHooks(stage, _linears(layer, prefix, p.source), p.observers, p.stats_obs)
              if p.options.collect else None)
     src, dst = p.cache.source(stage), p.cache.target(stage)
-    masks: dict[int, Any] = {}
     try:
         for i, (s0, s1) in enumerate(p.batches):
             h = torch.from_numpy(np.ascontiguousarray(src[s0:s1])).to(device=p.device, dtype=p.dtype)
-            if h.shape[0] not in masks:
-                masks[h.shape[0]] = _layer_mask(p.config, stage, h, pos)
+            call = p.calls[s1 - s0][stage]
             if hooks is not None:
                 hooks.next_batch()
-            out = layer(h, attention_mask=masks[h.shape[0]], position_ids=pos,
-                        position_embeddings=pos_emb)
-            if isinstance(out, tuple):
+            out = layer(h, *call.args, **call.kwargs)
+            if isinstance(out, tuple):  # older transformers: (hidden_states, ...)
                 out = out[0]
             dst[s0:s1] = out.float().cpu().numpy()
             if i == 0:
@@ -413,10 +437,18 @@ def _run_output(stage: int, p: _Pass) -> float:
     """Statistics of the output projection's input; returns the seconds they took."""
     import torch
 
-    out_name = p.names.get("lm_head.weight")
-    if not (p.options.collect and p.options.include_output and out_name):
-        return 0.0  # tied embeddings: llama.cpp has no output.weight to weigh
-    norm = p.base.norm
+    from aqrecipe.calibration.hooks import as_numpy
+
+    collect = p.options.collect and p.options.include_output
+    out_names = tuple(p.source.gguf_names_of("lm_head.weight")) if collect else ()  # tied: no output.weight
+    finals = [o for o in p.observers if o.wants_final] if p.options.collect else []
+    if not out_names and not finals:
+        return 0.0
+    norm = getattr(p.base, "norm", None)
+    if norm is None:
+        raise UnsupportedArchitectureError(
+            f"{type(p.base).__name__} has no final norm (model.norm): the output head's input cannot be observed",
+            hint="calibrate without the output head (include_output=False)")
     _load_module(norm, p.source, "model.norm.", p.device, p.dtype)
     hooks = LayerHooks(stage, [], p.observers, p.stats_obs)
     src = p.cache.source(stage)
@@ -424,7 +456,13 @@ def _run_output(stage: int, p: _Pass) -> float:
         for s0, s1 in p.batches:
             h = torch.from_numpy(np.ascontiguousarray(src[s0:s1])).to(device=p.device, dtype=p.dtype)
             hooks.next_batch()
-            hooks.record(out_name, norm(h), None)
+            normed = norm(h)
+            for name in out_names:
+                hooks.record(name, normed, None)
+            if finals:
+                x = as_numpy(normed)
+                for obs in finals:
+                    obs.observe_final(x)
     finally:
         _free(norm)
     return hooks.seconds

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Sequence
 from aqrecipe.calibration.checkpoint import WorkDir, sha256_json
 from aqrecipe.calibration.data import CalibrationSpec, calibration_windows, load_tokenizer
 from aqrecipe.calibration.observers import LinearObserver
-from aqrecipe.calibration.runner import CALIBRATION, CalibrationResult, RunnerOptions, run_calibration
+from aqrecipe.calibration.runner import (CALIBRATION, IMATRIX_STAGE, CalibrationResult, RunnerOptions,
+                                         run_calibration)
 from aqrecipe.errors import CalibrationDataError
 from aqrecipe.imatrix.data import ImatrixData
 from aqrecipe.optional import require_torch
@@ -53,12 +54,13 @@ def run_components(source: WeightSource, spec: CalibrationSpec, windows: np.ndar
 def calibrate(model_ref: ModelRef, spec: CalibrationSpec = CalibrationSpec(),
               work_dir: str | os.PathLike[str] | None = None, *, restart: bool = False,
               options: RunnerOptions = RunnerOptions(), observers: Sequence[LinearObserver] = (),
-              quiet: bool = False, base_dir: Path | None = None) -> CalibrationResult:
-    """Run the calibration pass (resumable when ``work_dir`` is given)."""
-    from aqrecipe.models import ModelSource, open_model
+              quiet: bool = False, base_dir: Path | None = None, stage: str = IMATRIX_STAGE) -> CalibrationResult:
+    """Run the calibration pass (resumable when ``work_dir`` is given); ``stage`` names the caller in errors."""
+    from aqrecipe.calibration.hf_model import as_source, require_hf_folder
 
     require_torch(CALIBRATION)  # before the tokenizer and the corpus: the pass cannot run without them
-    source = model_ref if isinstance(model_ref, ModelSource) else open_model(model_ref, base_dir)
+    source = as_source(model_ref, base_dir)
+    require_hf_folder(source, stage)  # GGUF input: say so before tokenizing anything
     if source.tokenizer_dir is None:
         raise CalibrationDataError(
             f"model {source.path} has no tokenizer files (tokenizer.json / tokenizer.model)",
@@ -67,10 +69,11 @@ def calibrate(model_ref: ModelRef, spec: CalibrationSpec = CalibrationSpec(),
     windows = calibration_windows(spec, load_tokenizer(str(source.tokenizer_dir)))
     log.info("calibration: %d samples x %d tokens from %s", spec.samples, spec.seq_len, spec.describe())
     if work_dir is None:
-        return run_calibration(source, windows, options=options, observers=observers, quiet=quiet)
+        return run_calibration(source, windows, options=options, observers=observers, quiet=quiet, stage=stage)
     components = run_components(source, spec, windows, options, observers)
     with WorkDir(work_dir, components, n_stages=source.arch.n_layers + 1, restart=restart) as work:
-        return run_calibration(source, windows, options=options, work=work, observers=observers, quiet=quiet)
+        return run_calibration(source, windows, options=options, work=work, observers=observers, quiet=quiet,
+                               stage=stage)
 
 
 def compute_imatrix(model_ref: ModelRef, spec: CalibrationSpec = CalibrationSpec(),
