@@ -192,3 +192,14 @@ def test_set_option_parsing() -> None:
     assert rule_kind("re:^output") == "regex" and rule_kind("output.weight") == "exact"
     with pytest.raises(PlanError, match="PATTERN=TYPE"):
         parse_set_option("Q4_K")
+
+
+@pytest.mark.parametrize(("mixture", "expected"), [("Q3_K_M", "Q4_K"), ("Q4_K_M", "Q5_K"), ("Q5_K_M", "Q6_K"),
+                                                   ("Q4_K_S", "Q4_K"), ("Q2_K", "Q2_K")])
+def test_fused_qkv_is_bumped_as_llama_cpp_does(mixture: str, expected: str) -> None:
+    from aqrecipe.plan.mixtures import TensorContext, get_mixture, mixture_type
+
+    m = get_mixture(mixture)
+    ctx = TensorContext("blk.5.attn_qkv.weight", 3072, 5, 32, 1, True)
+    base = {"Q3_K_M": "Q3_K", "Q4_K_M": "Q4_K", "Q5_K_M": "Q5_K", "Q4_K_S": "Q4_K", "Q2_K": "Q2_K"}[mixture]
+    assert mixture_type(m, base, ctx)[0] == expected

@@ -202,9 +202,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from aqrecipe.cli.inspect import inspect_path
+    from aqrecipe.cli.inspect import inspect_path, inspect_supported
 
-    data, text = inspect_path(Path(args.path))
+    if args.supported:
+        data, text = inspect_supported()
+    elif args.path is None:
+        raise AqrecipeError("inspect needs a PATH (or --supported)", hint="aqrecipe inspect model.gguf",
+                            code="AQ301")
+    else:
+        data, text = inspect_path(Path(args.path))
     _emit(args, data, text)
     return EXIT_OK
 
@@ -272,8 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", help="--simulate: stage checkpoints (default: beside the recipe)")
     p.add_argument("--restart", action="store_true", help="--simulate: discard checkpoints of an earlier run")
 
-    p = add("inspect", cmd_inspect, "describe a GGUF file, a plan or an imatrix")
-    p.add_argument("path")
+    p = add("inspect", cmd_inspect, "describe a GGUF file, a plan or an imatrix; --supported: the model list")
+    p.add_argument("path", nargs="?")
+    p.add_argument("--supported", action="store_true",
+                   help="list the architectures llama.cpp's converter reads and the families tested end to end")
 
     p = sub.add_parser("report", help="importance report: per-layer table, super weights, --plot PNG")
     p.set_defaults(func=cmd_report)

@@ -21,7 +21,8 @@ from aqrecipe.models.architectures import ArchInfo, arch_info_from_metadata
 from aqrecipe.models.files import INDEX_FILE, find_weight_files, load_config
 from aqrecipe.models.safetensors_io import RawTensor, read_header, read_tensor
 from aqrecipe.models.tensor_names import gguf_order_key
-from aqrecipe.models.tensor_table import TensorInfo, check_shapes
+from aqrecipe.models.tensor_names import hf_layer_of
+from aqrecipe.models.tensor_table import HF_CONFIG_KEYS, TensorInfo, check_shapes
 
 if TYPE_CHECKING:
     import gguf
@@ -146,12 +147,29 @@ def open_folder(path: Path) -> ModelSource:
     config = load_config(path)
     raw = [t for file in find_weight_files(path) for t in read_header(file)]
     _check_index(path, {t.name: t.file.name for t in raw})
+    _check_layer_count(path, config, raw)
     from aqrecipe.models.converter.table import table_key
 
     key = table_key(config, ((t.name, t.dtype, t.shape) for t in raw))
     source = ModelSource(path, config, Conversion(path, hparams=config, table_key=key), raw)
-    check_shapes(source.path, source.arch, source.tensors)
+    vocab = config.get("vocab_size")
+    check_shapes(source.path, source.arch, source.tensors, HF_CONFIG_KEYS,
+                 declared_vocab=vocab if isinstance(vocab, int) and not isinstance(vocab, bool) else None)
     return source
+
+
+def _check_layer_count(path: Path, config: dict[str, Any], raw: list[RawTensor]) -> None:
+    """num_hidden_layers against the ``.layers.N.`` blocks of the weights (before the converter, which
+    would only say that it cannot map a tensor of the extra layer)."""
+    layers = {layer for t in raw if (layer := hf_layer_of(t.name)) is not None}
+    declared = config.get("num_hidden_layers")
+    if layers and isinstance(declared, int) and not isinstance(declared, bool) and max(layers) + 1 != declared:
+        raise ModelError(
+            f"{path}: the configuration does not match the weights: num_hidden_layers is {declared} but the "
+            f"weights hold {max(layers) + 1} layers"
+            + (f" (no layer {max(layers) + 1})" if max(layers) + 1 < declared else ""),
+            hint="use the config.json that came with these weights; it belongs to another model or was edited",
+        )
 
 
 def _check_index(path: Path, found: dict[str, str]) -> None:

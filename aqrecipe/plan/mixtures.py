@@ -83,7 +83,7 @@ def use_more_bits(layer: int, n_layers: int) -> bool:
 
 
 def _role(name: str) -> str:
-    for role in ("attn_v.weight", "ffn_down", "attn_output.weight"):
+    for role in ("attn_v.weight", "ffn_down", "attn_output.weight", "attn_qkv.weight"):
         if role in name:
             return role.split(".")[0]
     return name
@@ -148,4 +148,8 @@ def mixture_type(mixture: Mixture, base_type: str, t: TensorContext) -> tuple[st
             return "Q3_K", f"{m}: attn_output"
         if m == "Q3_K_M":
             return "Q4_K", f"{m}: attn_output"
+    elif role == "attn_qkv":  # fused q/k/v (Phi-3 and others): llama.cpp bumps it as a whole
+        bumped = {"Q3_K_M": "Q4_K", "Q4_K_M": "Q5_K", "Q5_K_M": "Q6_K"}.get(m)
+        if bumped:
+            return bumped, f"{m}: attn_qkv"
     return base_type, f"{m} base type"

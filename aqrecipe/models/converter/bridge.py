@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from aqrecipe.errors import ModelError
+from aqrecipe.errors import ModelError, UnsupportedArchitectureError
 from aqrecipe.models.converter.bundle import CONVERTER_VERSION, ConverterError, require_bundle
 from aqrecipe.optional import require_torch
 
@@ -100,14 +100,14 @@ def _converter_errors(folder: Path) -> Iterator[None]:
         ) from None
 
 
-def unsupported_architecture(folder: Path, architecture: str, hparams: Mapping[str, Any]) -> ConverterError:
+def unsupported_architecture(folder: Path, architecture: str, hparams: Mapping[str, Any]) -> UnsupportedArchitectureError:
     """The error for an architecture llama.cpp's converter does not know, naming what it does know."""
     from aqrecipe.models.support import TESTED_FAMILIES
 
     model_type = hparams.get("model_type")
     shown = f"{architecture} (model_type {model_type!r})" if model_type else architecture
     tested = ", ".join(f.hf_architecture for f in TESTED_FAMILIES)
-    return ConverterError(
+    return UnsupportedArchitectureError(
         f"unsupported model architecture: {shown} in {folder}: llama.cpp's converter "
         f"(llama-cpp-python {CONVERTER_VERSION}) does not convert it",
         hint=f"it converts {len(supported_architectures())} architectures (`aqrecipe inspect --supported` lists "
