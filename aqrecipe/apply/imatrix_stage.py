@@ -56,7 +56,7 @@ def resolve_imatrix(
     Raises :class:`ImatrixError` when the plan needs one and none is given.
     """
     from aqrecipe.imatrix import check_against_model, compute_imatrix, load_imatrix
-    from aqrecipe.models import open_model
+    from aqrecipe.plan.model import plan_source
 
     section = recipe.section("imatrix") if recipe is not None else None
     allow_partial = section is not None and section.type == "file" and section.allow_partial
@@ -81,7 +81,7 @@ def resolve_imatrix(
             options=limited_options(RunnerOptions(), plan.model_path, spec, max_memory),
         )
     if data is not None:
-        check_against_model(data, open_model(plan.model_path), allow_partial=allow_partial)
+        check_against_model(data, plan_source(plan), allow_partial=allow_partial)
         return data
     allowed = recipe is not None and recipe.quantization.allow_without_imatrix
     if plan.needs_imatrix and not allowed:

@@ -25,7 +25,7 @@ from aqrecipe.errors import AqrecipeError
 from aqrecipe.evaluate import evaluate
 from aqrecipe.evaluate.coherence import CoherenceSpec, check_coherence, is_ultra_low
 from aqrecipe.evaluate.reference import reference_gguf
-from aqrecipe.models import open_model
+from aqrecipe.plan.model import plan_source
 from aqrecipe.optional import EXTRAS, require_or_skip
 from aqrecipe.output.plan_gguf import write_plan_gguf
 from aqrecipe.plan import Plan
@@ -50,7 +50,7 @@ def run_apply(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyOptio
     check_inputs(recipe, options)
     check_destination(dest, recipe, options)
     if options.max_memory is not None:
-        check_fits(open_model(plan.model_path), options.max_memory)
+        check_fits(plan_source(plan), options.max_memory)
     with locked_work_dir(options.work_dir or default_work_dir(dest)):
         result = _apply_locked(plan, recipe, dest, options)
     seconds = {**result.seconds, "total": time.perf_counter() - t0}

@@ -10,12 +10,12 @@ from aqrecipe.quant import codecs
 from aqrecipe.errors import CodecError, NonFiniteWeightError, ShapeMismatchError
 
 if TYPE_CHECKING:
-    from aqrecipe.models import ModelSource
+    from aqrecipe.models.protocol import WeightSource
     from aqrecipe.plan import PlanEntry
 
 
 def pack_entry(
-    source: ModelSource, entry: PlanEntry, importance: np.ndarray | None = None, *, ternary_absmean: bool = False
+    source: WeightSource, entry: PlanEntry, importance: np.ndarray | None = None, *, ternary_absmean: bool = False
 ) -> np.ndarray:
     """Read one tensor, apply llama.cpp's layout transforms and encode it.
 
@@ -23,7 +23,7 @@ def pack_entry(
     ``importance`` is the per-column weight (an imatrix row) for types that use it;
     ``ternary_absmean`` picks the BitNet-style block scale for TQ1_0 / TQ2_0.
     """
-    weights = np.asarray(source.read_for_gguf(entry.hf_name), dtype=np.float32)
+    weights = np.asarray(source.read_for_gguf(entry.gguf_name), dtype=np.float32)
     row_len = int(entry.shape[-1]) if len(entry.shape) else 0
     if row_len <= 0 or weights.size % row_len:  # a stale or edited plan: reshape would fail obscurely
         raise ShapeMismatchError(
@@ -34,13 +34,13 @@ def pack_entry(
     rows = weights.reshape(-1, row_len)
     if entry.type == "F32":  # stored as is: the codecs' NaN/Inf check does not run
         if not np.isfinite(rows).all():
-            raise non_finite_error(source, entry.hf_name)
+            raise non_finite_error(source, entry.gguf_name)
         return np.ascontiguousarray(rows).view(np.uint8)
     try:
         packed = codecs.quantize(rows, entry.type, importance, ternary_absmean=ternary_absmean)
     except NonFiniteWeightError as exc:
         # The codec counts rows after llama.cpp's transforms; the user needs the checkpoint's own.
-        raise non_finite_error(source, entry.hf_name, fallback=exc) from None
+        raise non_finite_error(source, entry.gguf_name, fallback=exc) from None
     except CodecError as exc:  # e.g. a weight beyond F16's range: say which tensor
         raise type(exc)(f"tensor {entry.hf_name} ({entry.gguf_name}): {exc.message}", hint=exc.hint,
                         code=exc.code) from None
@@ -50,11 +50,17 @@ def pack_entry(
 
 
 def non_finite_error(
-    source: ModelSource, hf_name: str, fallback: NonFiniteWeightError | None = None
+    source: WeightSource, gguf_name: str, fallback: NonFiniteWeightError | None = None
 ) -> NonFiniteWeightError:
-    """NonFiniteWeightError naming the tensor and the checkpoint row/column of its first NaN/Inf."""
-    info = source.tensor(hf_name)
-    values = source.read(hf_name)  # HF orientation [out, in], as stored in the checkpoint
+    """NonFiniteWeightError naming the tensor and the checkpoint row/column of its first NaN/Inf.
+
+    The position is the checkpoint's own (HF orientation, before llama.cpp's q/k permutation) when
+    the model is an HF folder, the GGUF tensor's otherwise.
+    """
+    info = source.tensor(gguf_name)
+    hf_name = info.hf_name
+    from_checkpoint = source.hf_folder is not None and hf_name != gguf_name
+    values = source.read(hf_name) if from_checkpoint else source.read_for_gguf(gguf_name)
     bad = np.flatnonzero(~np.isfinite(values.reshape(-1)))
     if bad.size == 0:  # non-finite only after a transform: keep the codec's own position
         where = fallback.message if fallback is not None else "a non-finite value"
