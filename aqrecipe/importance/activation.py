@@ -161,13 +161,20 @@ class ZeroedSource:
                 a[r, c] = 0.0
         return a
 
-    def read_for_gguf(self, hf_name: str) -> np.ndarray:
-        """The source class's own transforms, applied to the zeroed values."""
-        return type(self._source).read_for_gguf(self, hf_name)  # type: ignore[arg-type]
+    def read_for_gguf(self, name: str) -> np.ndarray:
+        """The GGUF tensor as the converter makes it from the zeroed values (its own transforms)."""
+        info = self._source.tensor(name)
+        if info.hf_name not in self._zeroed:
+            return self._source.read_for_gguf(name)
+        return self._source.convert_values({info.hf_name: self.read(info.hf_name)})[info.gguf_name]
 
     def fingerprint(self) -> str:
         blob = repr(sorted(self._zeroed.items())).encode()
         return hashlib.sha256(self._source.fingerprint().encode() + blob).hexdigest()
+
+
+#: The stage named when the source cannot be run in torch (GGUF input).
+DETECTION = "super-weight detection"
 
 
 def runner_measure(source: WeightSource, windows: np.ndarray, options: RunnerOptions | None = None) -> Measure:
@@ -178,7 +185,7 @@ def runner_measure(source: WeightSource, windows: np.ndarray, options: RunnerOpt
 
     def measure(zeroed: Sequence[SuperWeight]) -> DownRanges:
         src = ZeroedSource(source, zeroed) if zeroed else source
-        return DownRanges.from_result(run_calibration(src, windows, options=opts, quiet=True))
+        return DownRanges.from_result(run_calibration(src, windows, options=opts, quiet=True, stage=DETECTION))
 
     return measure
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from aqrecipe.importance.activation import (DownRanges, DownWeights, Measure, detect_by_activation,
+from aqrecipe.importance.activation import (DETECTION, DownRanges, DownWeights, Measure, detect_by_activation,
                                             runner_measure, weight_z)
 from aqrecipe.importance.config import DetectSpec
 from aqrecipe.importance.gradient import GradientResult, gradient_saliency
@@ -97,6 +97,10 @@ def analyze_importance(source: WeightSource, spec: DetectSpec = DetectSpec(), *,
     activation pass. ``windows``: token windows for the extra passes (default:
     ``spec.samples x spec.seq_len`` from the built-in calibration split).
     """
+    if measure is None or spec.type in ("gradient", "combined"):  # a torch pass: the HF folder is needed
+        from aqrecipe.calibration.hf_model import require_hf_folder
+
+        require_hf_folder(source, DETECTION)
     windows = detection_windows(source, spec) if windows is None else np.asarray(windows, dtype=np.int64)
     weights = DownWeights(source)
     act: list[SuperWeight] = []

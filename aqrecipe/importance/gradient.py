@@ -49,16 +49,17 @@ def gradient_saliency(source: WeightSource, windows: np.ndarray,
     model.zero_grad(set_to_none=True)
     loss = model(input_ids=ids, labels=ids).loss
     loss.backward()
-    to_gguf = {t.hf_name: t.gguf_name for t in source.tensors}
     res = GradientResult(loss=float(loss.detach()), tensor_sum={}, tensor_max={}, tensor_argmax={})
     wanted: dict[str, list[tuple[int, int]]] = {}
     for name, r, c in lookups:
         wanted.setdefault(name, []).append((r, c))
     with torch.no_grad():
         for hf, p in model.named_parameters():
-            if p.grad is None or p.ndim != 2 or hf not in to_gguf:
+            gnames = tuple(source.gguf_names_of(hf))
+            # a weight the converter splits over several GGUF tensors has no one score to give
+            if p.grad is None or p.ndim != 2 or len(gnames) != 1:
                 continue
-            gname = to_gguf[hf]
+            gname = gnames[0]
             s = (p * p.grad).abs()
             flat = int(torch.argmax(s))
             r, c = divmod(flat, s.shape[1])
@@ -74,18 +75,24 @@ def gradient_saliency(source: WeightSource, windows: np.ndarray,
 
 
 def load_torch_model(source: WeightSource):
-    """The full HF model in float32 on CPU, weights read through ``source`` (so edits apply)."""
-    torch, transformers = require_torch(GRADIENT)
+    """The full HF model in float32 on CPU, weights read through ``source`` (so edits apply).
 
-    config = transformers.AutoConfig.from_pretrained(str(source.path))
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    present = {t.hf_name for t in source.tensors}
+    The model is built on the meta device from the HF folder's config (buffers real), then every
+    parameter is read through ``source.read``; a tied output head is tied again.
+    """
+    torch, _ = require_torch(GRADIENT)
+    from aqrecipe.calibration.hf_model import empty_model, hf_tensor_shapes
+
+    model = empty_model(source, GRADIENT)
+    stored = hf_tensor_shapes(source)
     state = {n: torch.from_numpy(np.array(source.read(n), dtype=np.float32))
-             for n, _ in model.named_parameters() if n in present}
-    missing = model.load_state_dict(state, strict=False).missing_keys
-    if any(k != "lm_head.weight" for k in missing):
-        raise RuntimeError(f"weights missing from the model source: {missing[:3]}")
-    if "lm_head.weight" in missing:
+             for n, _ in model.named_parameters() if n in stored}
+    missing = model.load_state_dict(state, strict=False, assign=True).missing_keys
+    tied = {k for k in missing if k == "lm_head.weight" and getattr(model.config, "tie_word_embeddings", False)}
+    if set(missing) - tied:
+        raise RuntimeError(f"weights missing from the model source: {sorted(set(missing) - tied)[:3]}")
+    if tied:
         model.tie_weights()
+    model.float()
     model.eval()
     return model
