@@ -30,10 +30,10 @@ def plan_dynamic(model_ref: ModelRef, planner_section: PlannerSpec | dict, imatr
     budget and their rules carry the pinned type. The rules go to
     :func:`aqrecipe.plan.compile_plan` ahead of (or instead of) the recipe's.
     """
-    from aqrecipe.models import ModelSource, open_model
+    from aqrecipe.calibration.hf_model import as_source
 
     spec = planner_section if isinstance(planner_section, PlannerSpec) else PlannerSpec.from_dict(planner_section)
-    source = model_ref if isinstance(model_ref, ModelSource) else open_model(model_ref)
+    source = as_source(model_ref)
     m = measure(source, imatrix, spec.candidates, spec.measurement, Path(work_dir) if work_dir else None,
                 n_threads=n_threads)
     budget = Budget(spec.budget_bytes(m.n_params), spec.max_kld)

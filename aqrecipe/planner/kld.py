@@ -20,18 +20,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+#: The stage named when the model cannot be run in torch (GGUF input).
+KLD_STAGE = "the planner's KL-divergence measurement"
+
+
 class KldProbe:
-    """A float32 transformers model with swappable weights and the reference log-probs."""
+    """A float32 transformers model with swappable weights and the reference log-probs.
+
+    Weights are swapped in HF orientation: a GGUF tensor's round trip is computed on the HF
+    tensor it comes from, row by row (see :func:`hf_weight_of`).
+    """
 
     def __init__(self, source: WeightSource, windows: np.ndarray, *, n_threads: int | None = None) -> None:
+        from aqrecipe.calibration.hf_model import load_float_model
         from aqrecipe.optional import require_torch
 
-        torch, transformers = require_torch("the planner's KL-divergence measurement")
+        torch, _ = require_torch(KLD_STAGE)
         if n_threads:
             torch.set_num_threads(n_threads)
         self._torch = torch
-        self.model = transformers.AutoModelForCausalLM.from_pretrained(str(source.path), dtype=torch.float32, use_safetensors=True)
-        self.model.eval()
+        self.model = load_float_model(source, KLD_STAGE)
         self.ids = torch.as_tensor(np.asarray(windows, dtype=np.int64))
         head = self.model.get_output_embeddings()
         sums: list[Any] = []
@@ -70,9 +78,30 @@ class KldProbe:
         return float(kl.mean())
 
 
+def hf_weight_of(source: WeightSource, gguf_name: str) -> tuple[str, np.ndarray]:
+    """The HF tensor a GGUF tensor comes from, as ``(name, [rows, row_len] float32)``.
+
+    Every ggml type quantizes a row on its own (the imatrix weighs columns), and the converter's
+    transforms of the families the torch stages run are row permutations and concatenations, so
+    quantizing the HF rows with the GGUF tensor's type gives each row the values the GGUF holds.
+    A tensor that shares its HF source with other GGUF tensors (a split) has no such view.
+    """
+    from aqrecipe.errors import UnsupportedArchitectureError
+
+    hf_name = source.tensor(gguf_name).hf_name
+    if tuple(source.gguf_names_of(hf_name)) != (gguf_name,):
+        raise UnsupportedArchitectureError(
+            f"{gguf_name} is one of several GGUF tensors made from {hf_name}: its KL divergence cannot be "
+            "measured by swapping the HF weight", hint="use measurement type proxy for this model")
+    w = np.asarray(source.read(hf_name), dtype=np.float32)
+    return hf_name, w.reshape(-1, w.shape[-1])
+
+
 def calibration_token_windows(source: WeightSource, samples: int, seq_len: int, seed: int = 0) -> np.ndarray:
     """``[samples, seq_len]`` windows from the built-in calibration split (disjoint from evaluation)."""
     from aqrecipe.calibration.data import CalibrationSpec, calibration_windows, load_tokenizer
+    from aqrecipe.calibration.hf_model import require_hf_folder
 
+    require_hf_folder(source, KLD_STAGE)
     spec = CalibrationSpec(samples=samples, seq_len=seq_len, seed=seed, enforce_sample_range=False)
     return calibration_windows(spec, load_tokenizer(str(source.tokenizer_dir or source.path)))

@@ -173,7 +173,8 @@ class _Measuring:
         return self.stage.get(file, compute, members) if self.stage else compute(members)
 
     def _weight(self, info: TensorInfo) -> np.ndarray:
-        return np.asarray(self.source.read(info.hf_name), dtype=np.float32).reshape(-1, info.shape[-1])
+        """The tensor as the packer quantizes it (llama.cpp's layout)."""
+        return np.asarray(self.source.read_for_gguf(info.gguf_name), dtype=np.float32).reshape(-1, info.shape[-1])
 
     def proxies(self) -> dict[str, dict[str, float]]:
         """The proxy error of every candidate type of every tensor, stage by stage."""
@@ -205,11 +206,11 @@ class _Measuring:
         """The measured KLD of each wanted (tensor, type), stage by stage."""
         def kld_stage(members: list[str]) -> dict:
             out: dict[str, dict[str, float]] = {}
+            from aqrecipe.planner.kld import hf_weight_of
+
             for gname in members:
-                info = self.by_name[gname]
-                w = self._weight(info)
-                out[gname] = {t: self.probe().kld(info.hf_name,
-                                                  round_trip(w, t, self.importance(gname)).reshape(info.shape))
+                hf_name, w = hf_weight_of(self.source, gname)  # the torch model holds HF tensors
+                out[gname] = {t: self.probe().kld(hf_name, round_trip(w, t, self.importance(gname)))
                               for t in wanted[gname]}
                 log.info("kld %s: %s", gname, out[gname])
             return out
