@@ -51,7 +51,15 @@ def _imatrix(plan):
 def _simulated(plan, **kw) -> dict[str, np.ndarray]:
     from aqrecipe.apply.simulate import simulated_tensors
 
-    return {e.hf_name: w for e, w in simulated_tensors(plan, **kw)}
+    return dict(simulated_tensors(plan, **kw))
+
+
+def _llama_rope_rows(w: np.ndarray, heads: int) -> np.ndarray:
+    """llama.cpp's converter's q/k row order for llama (per head, the two rotary halves interleaved).
+
+    Computed here, in the test only, to check that row-wise simulation in HF order is the GGUF's result.
+    """
+    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
 def test_restores_the_exact_value_and_only_that_one(planted):
@@ -67,32 +75,57 @@ def test_restores_the_exact_value_and_only_that_one(planted):
 
 
 def test_simulated_weights_equal_the_dequantized_gguf(planted, tmp_path):
-    """Same plan + imatrix: simulated weights == dequantize(bytes the GGUF writer packed), rope order undone."""
+    """Same plan + imatrix: simulated HF weights, in llama.cpp's q/k row order, == dequantize(the GGUF's bytes).
+
+    The simulation quantizes HF rows directly (no transform undone in the library); this is the
+    check that per-row quantization makes the converter's row permutation irrelevant.
+    """
     from aqrecipe.output.plan_gguf import write_plan_gguf
     from aqrecipe.quant.codecs import dequantize
     from aqrecipe.models import open_model
-    from aqrecipe.models import permute_rope_rows
 
     plan = _plan(planted, "Q4_0", [("blk.0.attn_q.weight", "Q8_0"), ("blk.1.attn_k.weight", "Q5_1"),
+                                   ("blk.0.attn_k.weight", "Q5_0"), ("blk.1.attn_q.weight", "IQ4_NL"),
                                    ("blk.0.ffn_up.weight", "IQ4_NL"), ("blk.1.ffn_down.weight", "F16")])
     imatrix = _imatrix(plan)
     write_plan_gguf(plan, tmp_path / "m.gguf", imatrix=imatrix)
     sim = _simulated(plan, imatrix=imatrix)
     arch = open_model(str(planted)).arch
     by_name = {e.gguf_name: e for e in plan.entries}
-    types = set()
+    types, checked = set(), set()
     for t in gguf.GGUFReader(str(tmp_path / "m.gguf")).tensors:
         e = by_name[t.name]
         types.add(t.tensor_type.name)
+        if e.hf_name not in sim:  # made by the converter (llama3's rope_freqs): no HF tensor to simulate
+            continue
         got = sim[e.hf_name]
         if ".attn_q." in e.gguf_name:
-            got = permute_rope_rows(got, arch.n_head)
+            got = _llama_rope_rows(got, arch.n_head)
         elif ".attn_k." in e.gguf_name:
-            got = permute_rope_rows(got, arch.n_head_kv)
+            got = _llama_rope_rows(got, arch.n_head_kv)
         want = dequantize(np.asarray(t.data), t.tensor_type.name, e.shape)
         np.testing.assert_array_equal(got, want, err_msg=e.gguf_name)
-    assert {"Q4_0", "Q8_0", "Q5_1", "IQ4_NL", "F16", "F32"} <= types
+        checked.add(e.gguf_name)
+    assert {"Q4_0", "Q8_0", "Q5_1", "Q5_0", "IQ4_NL", "F16", "F32"} <= types
+    assert {f"blk.{i}.attn_{r}.weight" for i in (0, 1) for r in "qk"} <= checked  # the permuted ones
     assert not np.array_equal(sim[DOWN], _simulated(plan)[DOWN])  # the imatrix reached the quantizer
+    # and the permutation is real: without it the q rows would not match
+    q = by_name["blk.0.attn_q.weight"]
+    assert not np.array_equal(sim[q.hf_name], _llama_rope_rows(sim[q.hf_name], arch.n_head))
+
+
+def test_an_hf_tensor_feeding_two_types_is_refused(planted):
+    """A (hypothetical) HF tensor split into two GGUF tensors of different types has no one simulation."""
+    from aqrecipe.apply.simulate import simulated_hf_tensor
+    from aqrecipe.errors import PlanError
+    from aqrecipe.models import open_model
+
+    plan = _plan(planted, "Q4_0", [("blk.0.ffn_up.weight", "Q8_0")])
+    by_name = {e.gguf_name: e for e in plan.entries}
+    entries = [by_name["blk.0.ffn_up.weight"], by_name["blk.0.ffn_gate.weight"]]
+    with pytest.raises(PlanError, match="different types") as err:
+        simulated_hf_tensor(open_model(str(planted)), "model.layers.0.mlp.up_proj.weight", entries)
+    assert "one type" in err.value.hint or "same type" in err.value.hint
 
 
 @pytest.mark.parametrize("dtype", ["F32", "BF16"])
@@ -223,6 +256,7 @@ def test_eval_simulate_of_a_plain_recipe(planted, tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["simulated"]["restored_values"] == 0 and data["simulated"]["restore_bytes"] == 0
     assert 0 < data["kld_mean"] < 1 and data["reference"] == str(planted) and "simulated" in data["model"]
-    assert main([*args, "--set", "blk.*=Q8_0", "--json", "-q"]) == 0  # more bits: closer to the original
+    # every tensor (the 49152-row head dominates the tiny model's error): more bits, closer to the original
+    assert main([*args, "--set", "*=Q8_0", "--json", "-q"]) == 0
     finer = json.loads(capsys.readouterr().out)
     assert finer["kld_mean"] < data["kld_mean"] and finer["simulated"]["quantized_bytes"] > data["simulated"]["quantized_bytes"]

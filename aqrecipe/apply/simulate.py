@@ -1,11 +1,13 @@
 """Simulated quantization: the weights a plan's GGUF would hold, dequantized, in HF layout.
 
-Each tensor takes the packer's own path (:func:`aqrecipe.output.pack.pack_entry`: llama.cpp's
-layout transforms, the imatrix row as importance, the ternary scale option), so the
-simulated weights equal the dequantized bytes of the GGUF file bit for bit. Then the
-q/k rope permutation is undone (HF orientation again) and, when super-weight protection
-is on, the exact original values are written back (:func:`restore_super_weights`):
-a stored (index, value) pair each, :data:`RESTORE_ENTRY_BYTES` bytes.
+Quantize-dequantize happens on the HF tensors themselves, row by row, with the type and imatrix
+row of the GGUF tensor each one feeds. That is the GGUF's own result: every ggml block type
+quantizes a row on its own (blocks lie within a row; the imatrix weighs columns), and what the
+converter does to the tensors of the families the torch stages run (the q/k rope permutation,
+fused qkv / gate_up) moves whole rows. So no transform is undone here: llama.cpp's converter is
+the only place that knows them (tests/test_simulate.py checks the claim against the packed GGUF).
+When super-weight protection is on, the exact original values are written back
+(:func:`restore_super_weights`): a stored (index, value) pair each, :data:`RESTORE_ENTRY_BYTES` bytes.
 
 Consumers: evaluation in torch (:func:`simulated_backend`, ``aqrecipe eval RECIPE
 --simulate``) and the safetensors output (:mod:`aqrecipe.output.safetensors`).
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from aqrecipe.errors import PlanError
 from aqrecipe.plan import checked_source
 
 if TYPE_CHECKING:
@@ -30,7 +33,7 @@ if TYPE_CHECKING:
     from aqrecipe.imatrix import ImatrixData
     from aqrecipe.imatrix.protocol import Importance
     from aqrecipe.importance import SuperWeight
-    from aqrecipe.models import ModelSource
+    from aqrecipe.models.protocol import WeightSource
     from aqrecipe.plan import Plan, PlanEntry, Rule
     from aqrecipe.recipe import Recipe
 
@@ -38,35 +41,91 @@ log = logging.getLogger(__name__)
 
 #: bytes one restored super weight costs: a uint32 flat index + a float32 value
 RESTORE_ENTRY_BYTES = 8
+#: The stage named when the model has no HF folder (GGUF input).
+SIMULATION = "simulated evaluation"
 
 
-def simulated_tensor(source: ModelSource, entry: PlanEntry, importance: np.ndarray | None = None, *,
-                     ternary_absmean: bool = False, super_weights: Iterable[SuperWeight] = ()) -> np.ndarray:
-    """One tensor as the GGUF holds it, dequantized to float32, HF orientation, super weights restored."""
+def round_trip_rows(w: np.ndarray, type_name: str, importance: np.ndarray | None, *, ternary_absmean: bool,
+                    name: str) -> np.ndarray:
+    """``w`` (HF orientation) quantized and dequantized row by row with ``type_name``; F32 as is."""
+    from aqrecipe.errors import CodecError
     from aqrecipe.quant import codecs
-    from aqrecipe.importance import restore_super_weights
-    from aqrecipe.models.tensor_names import to_hf_layout
-    from aqrecipe.output.pack import pack_entry
 
-    if entry.type == "F32":
-        w = np.asarray(source.read(entry.hf_name), dtype=np.float32)
-    else:
-        packed = pack_entry(source, entry, importance, ternary_absmean=ternary_absmean)
-        rows = (int(np.prod(entry.shape[:-1])), entry.shape[-1])
-        w = to_hf_layout(source.arch, entry.gguf_name, codecs.dequantize(packed, entry.type, rows).reshape(entry.shape))
-    mine = [sw for sw in super_weights if entry.gguf_name == sw.tensor or entry.hf_name == sw.hf_name]
-    return restore_super_weights({entry.hf_name: w}, mine)[entry.hf_name] if mine else w
+    w = np.asarray(w, dtype=np.float32)
+    if type_name == "F32" or w.ndim < 2:  # norms and biases are stored as they are
+        return w
+    rows = w.reshape(-1, w.shape[-1])
+    try:
+        packed = codecs.quantize(rows, type_name, importance, ternary_absmean=ternary_absmean)
+    except CodecError as exc:  # say which tensor; the rows are the checkpoint's own
+        raise type(exc)(f"tensor {name}: {exc.message}", hint=exc.hint, code=exc.code) from None
+    return codecs.dequantize(packed, type_name, rows.shape).reshape(w.shape)
+
+
+def feeding_entries(plan: Plan, source: WeightSource) -> dict[str, list[PlanEntry]]:
+    """HF tensor name -> the plan entries (GGUF tensors) it feeds, for every HF tensor of the model."""
+    from aqrecipe.calibration.hf_model import hf_tensor_shapes
+
+    by_gguf = {e.gguf_name: e for e in plan.entries}
+    return {hf: [by_gguf[g] for g in source.gguf_names_of(hf) if g in by_gguf]
+            for hf in sorted(hf_tensor_shapes(source))}
+
+
+def _one_type(hf_name: str, entries: Sequence[PlanEntry]) -> PlanEntry | None:
+    """The entry whose type an HF tensor is simulated with (None: it feeds no GGUF tensor)."""
+    types = sorted({e.type for e in entries})
+    if len(types) > 1:
+        raise PlanError(
+            f"{hf_name} feeds GGUF tensors of different types ({', '.join(f'{e.gguf_name} {e.type}' for e in entries)}): "
+            "simulated quantization quantizes the HF tensor, so they need one type",
+            hint="give those GGUF tensors the same type (one rule matching all of them)")
+    return entries[0] if entries else None
+
+
+def simulated_hf_tensor(source: WeightSource, hf_name: str, entries: Sequence[PlanEntry],
+                        importance: np.ndarray | None = None, *, ternary_absmean: bool = False,
+                        super_weights: Iterable[SuperWeight] = ()) -> np.ndarray:
+    """One HF tensor as the GGUF tensors it feeds hold it, dequantized, super weights restored.
+
+    ``importance`` is the imatrix row of the entry it is quantized as (those entries share its input).
+    """
+    from aqrecipe.importance import restore_super_weights
+
+    entry = _one_type(hf_name, entries)
+    w = np.asarray(source.read(hf_name), dtype=np.float32)
+    if entry is not None:
+        if w.ndim >= 2 and w.shape[-1] != entry.shape[-1]:
+            raise PlanError(f"{hf_name} has rows of {w.shape[-1]} values but {entry.gguf_name} of {entry.shape[-1]}",
+                            hint="simulated quantization needs GGUF rows that are the HF tensor's rows")
+        w = round_trip_rows(w, entry.type, importance, ternary_absmean=ternary_absmean, name=hf_name)
+    mine = [sw for sw in super_weights if sw.hf_name == hf_name]
+    return restore_super_weights({hf_name: w}, mine)[hf_name] if mine else w
+
+
+def simulated_tensor(source: WeightSource, entry: PlanEntry, importance: np.ndarray | None = None, *,
+                     ternary_absmean: bool = False, super_weights: Iterable[SuperWeight] = ()) -> np.ndarray:
+    """``entry``'s HF tensor (``entry.hf_name``) simulated with ``entry``'s type, HF orientation."""
+    return simulated_hf_tensor(source, entry.hf_name, [entry], importance, ternary_absmean=ternary_absmean,
+                               super_weights=super_weights)
 
 
 def simulated_tensors(plan: Plan, *, imatrix: Importance | None = None, super_weights: Iterable[SuperWeight] = (),
-                      source: ModelSource | None = None) -> Iterator[tuple[PlanEntry, np.ndarray]]:
-    """``(entry, float32 weights)`` for every tensor of ``plan``, one at a time, in plan order."""
+                      source: WeightSource | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """``(HF name, float32 weights)`` for every HF tensor of the plan's model, one at a time, by name.
+
+    A tensor that feeds no GGUF tensor (the converter drops it) keeps its values.
+    """
+    from aqrecipe.calibration.hf_model import require_hf_folder
+
     source = source or checked_source(plan)
+    require_hf_folder(source, SIMULATION)
     absmean = plan.options.get("ternary_scale") == "absmean"
     sws = list(super_weights)
-    for entry in plan.entries:
-        imp = imatrix.importance(entry.gguf_name) if imatrix is not None and entry.quantized else None
-        yield entry, simulated_tensor(source, entry, imp, ternary_absmean=absmean, super_weights=sws)
+    for hf_name, entries in feeding_entries(plan, source).items():
+        entry = _one_type(hf_name, entries)
+        imp = imatrix.importance(entry.gguf_name) if imatrix is not None and entry is not None and entry.quantized \
+            else None
+        yield hf_name, simulated_hf_tensor(source, hf_name, entries, imp, ternary_absmean=absmean, super_weights=sws)
 
 
 @dataclass(frozen=True)
@@ -112,11 +171,14 @@ def simulated_backend(prepared: Prepared, *, n_threads: int | None = None) -> An
     """A :class:`~aqrecipe.evaluate.TorchBackend` (float32, CPU) holding the simulated weights."""
     from aqrecipe.evaluate.torch_backend import TorchBackend
 
+    from aqrecipe.calibration.hf_model import require_hf_folder
+
     source = checked_source(prepared.plan)
-    backend = TorchBackend(source.path, n_threads=n_threads)
+    backend = TorchBackend(require_hf_folder(source, SIMULATION), n_threads=n_threads)
     weights = simulated_tensors(prepared.plan, imatrix=prepared.imatrix, super_weights=prepared.restore,
                                 source=source)
-    backend.load_weights(((e.hf_name, w) for e, w in weights),
+    names = backend.parameter_names()  # a checkpoint may hold what the model does not load
+    backend.load_weights(((n, w) for n, w in weights if n in names),
                          name=f"{prepared.plan.model} (simulated {prepared.plan.mixture or 'custom'}, "
                               f"{8 * prepared.summary()['total_bytes'] / max(prepared.plan.n_params, 1):.3f} bpw)")
     return backend

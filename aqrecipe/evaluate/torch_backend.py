@@ -66,6 +66,10 @@ class TorchBackend:
             out = self._model(input_ids=ids, use_cache=False).logits[0]
         return out.to(torch.float32).numpy()
 
+    def parameter_names(self) -> frozenset[str]:
+        """The names :meth:`load_weights` accepts (the model's parameters and persistent buffers)."""
+        return frozenset(self._model.state_dict())
+
     def load_weights(self, weights: Iterable[tuple[str, np.ndarray]], *, name: str | None = None) -> int:
         """Overwrite parameters in place with ``(HF name, array)`` pairs (simulated quantization).
 

@@ -2,9 +2,9 @@
 
 The folder has the source's config.json (``torch_dtype`` set to the written dtype),
 generation config and tokenizer files, and one ``model.safetensors`` with every
-tensor dequantized to F32, F16 or BF16 (``output.dtype``; ``auto`` keeps the
-source's dtype) and the super weights restored. The header is known from the
-plan's shapes, so tensors stream to disk one at a time. The folder is built
+tensor of the source's checkpoint (HF names and orientation) dequantized to F32, F16 or BF16
+(``output.dtype``; ``auto`` keeps the source's dtype) and the super weights restored. The header
+is known from the checkpoint's own headers, so tensors stream to disk one at a time, by name. The folder is built
 under a temporary name and renamed when complete: a failed run leaves nothing.
 """
 
@@ -23,7 +23,10 @@ from aqrecipe.formats.fileio import atomic_folder, check_output_folder
 
 if TYPE_CHECKING:
     from aqrecipe.models.protocol import WeightSource
-    from aqrecipe.plan import Plan, PlanEntry
+    from aqrecipe.plan import Plan
+
+#: What the simulated stream yields: (HF tensor name, float32 values in HF orientation).
+NamedTensor = tuple[str, np.ndarray]
 
 DTYPES = ("auto", "F32", "F16", "BF16")
 _TORCH_NAMES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
@@ -76,39 +79,50 @@ def encode(w: np.ndarray, dtype: str) -> bytes:
     return bits.astype("<u2").tobytes()
 
 
-def _header(entries: Iterable[PlanEntry], dtype: str, metadata: Mapping[str, str]) -> bytes:
+def _header(layout: Mapping[str, tuple[int, ...]], dtype: str, metadata: Mapping[str, str]) -> bytes:
     table: dict[str, Any] = {"__metadata__": dict(metadata)}
     offset = 0
-    for e in entries:
-        n = int(np.prod(e.shape)) * _ITEM_BYTES[dtype]
-        table[e.hf_name] = {"dtype": dtype, "shape": list(e.shape), "data_offsets": [offset, offset + n]}
+    for name, shape in layout.items():
+        n = int(np.prod(shape)) * _ITEM_BYTES[dtype]
+        table[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + n]}
         offset += n
     raw = json.dumps(table, separators=(",", ":")).encode()
     return raw + b" " * (-len(raw) % 8)  # data start 8-byte aligned
 
 
-def write_safetensors(path: Path, plan: Plan, tensors: Iterable[tuple[PlanEntry, np.ndarray]], dtype: str,
+def write_safetensors(path: Path, layout: Mapping[str, tuple[int, ...]], tensors: Iterable[NamedTensor], dtype: str,
                       metadata: Mapping[str, str]) -> None:
-    """Stream ``tensors`` (plan order, one in memory at a time) into one safetensors file."""
-    header = _header(plan.entries, dtype, metadata)
+    """Stream ``tensors`` (in ``layout``'s order, one in memory at a time) into one safetensors file."""
+    header = _header(layout, dtype, metadata)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(header)))
         f.write(header)
-        for (entry, w), planned in zip(tensors, plan.entries, strict=True):
-            if entry.hf_name != planned.hf_name or tuple(w.shape) != tuple(planned.shape):
-                raise AssertionError(f"{entry.hf_name}: tensor stream out of step with the plan")
+        for (name, w), (planned, shape) in zip(tensors, layout.items(), strict=True):
+            if name != planned or tuple(w.shape) != tuple(shape):
+                raise AssertionError(f"{name}: tensor stream out of step with the checkpoint's tensors")
             f.write(encode(w, dtype))
 
 
-def write_hf_folder(dest: Path, plan: Plan, source: WeightSource, tensors: Iterable[tuple[PlanEntry, np.ndarray]], *,
+def hf_layout(source: WeightSource) -> dict[str, tuple[int, ...]]:
+    """The HF tensors written, by name (the order :func:`aqrecipe.apply.simulate.simulated_tensors` yields)."""
+    from aqrecipe.calibration.hf_model import hf_tensor_shapes
+
+    return dict(sorted(hf_tensor_shapes(source).items()))
+
+
+def write_hf_folder(dest: Path, plan: Plan, source: WeightSource, tensors: Iterable[NamedTensor], *,
                     dtype: str = "auto", metadata: Mapping[str, str] | None = None) -> Path:
-    """Write the HF folder ``dest`` (atomic); returns it."""
+    """Write the HF folder ``dest`` (atomic) from the simulated ``tensors`` of ``plan``; returns it."""
+    if plan.model_fingerprint != source.fingerprint():
+        raise OutputError(f"the plan was compiled for another model than {source.path}",
+                          hint="recompile the recipe (aqrecipe compile) for this model")
     dtype = resolve_dtype(dtype, source.config)
     config = {k: v for k, v in source.config.items() if k != "quantization_config"}
     config["torch_dtype" if "torch_dtype" in config else "dtype"] = _TORCH_NAMES[dtype]
     check_folder_output(Path(dest))
     with atomic_folder(Path(dest)) as tmp:
-        write_safetensors(tmp / "model.safetensors", plan, tensors, dtype, {"format": "pt", **(metadata or {})})
+        write_safetensors(tmp / "model.safetensors", hf_layout(source), tensors, dtype,
+                          {"format": "pt", **(metadata or {})})
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if (Path(source.path) / "generation_config.json").is_file():
             shutil.copyfile(Path(source.path) / "generation_config.json", tmp / "generation_config.json")
