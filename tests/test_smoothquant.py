@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import types
-
 import jsonschema
 import numpy as np
 import pytest
@@ -116,9 +114,14 @@ def test_overrides_and_explicit_mappings(tiny_llama_dir):
 def test_moe_models_smooth_attention_only(tiny_llama_dir):
     from aqrecipe.models import open_model
 
-    src = open_model(tiny_llama_dir)
-    moe = types.SimpleNamespace(config={**src.config, "num_local_experts": 4}, arch=src.arch, tensors=src.tensors)
-    assert {g.kind for g in resolve_groups(moe, SmoothQuantConfig())} == {"attn"}
+    class Moe:  # the source with an MoE config: everything else delegated
+        def __init__(self, src):
+            self._src, self.config = src, {**src.config, "num_local_experts": 4}
+
+        def __getattr__(self, name):
+            return getattr(self._src, name)
+
+    assert {g.kind for g in resolve_groups(Moe(open_model(tiny_llama_dir)), SmoothQuantConfig())} == {"attn"}
 
 
 # --- fake quantization ------------------------------------------------------------------------

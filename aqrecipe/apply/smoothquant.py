@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from aqrecipe.calibration.runner import CalibrationResult
     from aqrecipe.calibration.stats import ChannelStats
     from aqrecipe.models.protocol import WeightSource
+    from aqrecipe.smoothquant.graph import SkippedGroup
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class SmoothQuantResult:
     alpha_search: tuple[dict[str, float], ...]
     equivalence_max_rel_logit_diff: float
     groups: tuple[dict[str, Any], ...]
+    skipped_groups: tuple[dict[str, Any], ...]  # groups smoothing would not leave equivalent, with the reason
     activation_errors: dict[str, tuple[float, float]]
     problems: tuple[dict[str, Any], ...]
     quality: dict[str, Any] | None
@@ -52,7 +54,7 @@ class SmoothQuantResult:
             "model": self.model, "config": self.config, "alpha": self.alpha,
             "alpha_search": list(self.alpha_search),
             "equivalence_max_rel_logit_diff": self.equivalence_max_rel_logit_diff,
-            "groups": list(self.groups),
+            "groups": list(self.groups), "skipped_groups": list(self.skipped_groups),
             "activation_errors": {k: {"rel_mse_before": v[0], "rel_mse_after": v[1]}
                                   for k, v in self.activation_errors.items()},
             "problems": list(self.problems), "quality": self.quality, "calibration": self.calibration,
@@ -143,9 +145,10 @@ class _Calibrated:
 
     cfg: SmoothQuantConfig
     source: WeightSource
-    groups: list[SmoothGroup]
+    groups: list[SmoothGroup]  # the groups that are equivalences on the model's graph
+    skipped: list[SkippedGroup]  # the others, with the reason
     offset: float  # the norms' weight offset (1.0 for Gemma-style norms)
-    names: dict[str, str]  # module name -> llama.cpp name
+    names: dict[str, str]  # decoder linear module name -> the (first) llama.cpp tensor it feeds
     calib: CalibrationResult
     windows: np.ndarray  # the calibration windows
     act: dict[str, np.ndarray]  # group key -> max |X_j|
@@ -197,6 +200,7 @@ def run_smoothquant(recipe_section: SmoothQuantConfig | Mapping[str, Any] | None
     result = SmoothQuantResult(
         model=str(c.source.path), config=cfg.to_dict(), alpha=alpha, alpha_search=tuple(search),
         equivalence_max_rel_logit_diff=rel, groups=tuple(reports),
+        skipped_groups=tuple(g.to_dict() for g in c.skipped),
         activation_errors={c.names[n]: v for n, v in errors.items()}, problems=tuple(problems), quality=quality,
         calibration={"samples": c.calib.n_samples, "seq_len": c.calib.seq_len,
                      "source": calibration_spec.describe()},
@@ -207,27 +211,33 @@ def run_smoothquant(recipe_section: SmoothQuantConfig | Mapping[str, Any] | None
 
 def _calibrate(cfg: SmoothQuantConfig, model_ref: str | os.PathLike[str] | WeightSource,
                calibration_spec: CalibrationSpec, work: Path, quiet: bool, seconds: dict[str, float]) -> _Calibrated:
-    """Open the model, resolve the smoothing groups, calibrate, and load the float model."""
+    """Open the model, resolve the smoothing groups and check them on its graph, calibrate."""
     from aqrecipe.calibration.data import calibration_windows, load_tokenizer
+    from aqrecipe.calibration.hf_model import as_source, require_hf_folder
     from aqrecipe.imatrix.compute import calibrate
-    from aqrecipe.models import ModelSource, open_model
-    from aqrecipe.smoothquant.torch_model import load_float_model
+    from aqrecipe.smoothquant.fakequant import decoder_linears
+    from aqrecipe.smoothquant.graph import check_groups
+    from aqrecipe.smoothquant.torch_model import SMOOTHQUANT, load_float_model
 
     t = time.perf_counter()
-    source = model_ref if isinstance(model_ref, ModelSource) else open_model(model_ref)  # type: ignore[arg-type]
-    groups = resolve_groups(source, cfg) if cfg.enabled else []
+    source = as_source(model_ref)
+    require_hf_folder(source, SMOOTHQUANT)
     offset = norm_offset(source.config)
-    names = {t_.hf_name.removesuffix(".weight"): t_.gguf_name for t_ in source.tensors}
+    model = load_float_model(source)
+    groups, skipped = [], []
+    if cfg.enabled:
+        probe = (np.arange(1, 9, dtype=np.int64) % max(2, int(model.config.vocab_size)))[None, :]
+        groups, skipped = check_groups(model, resolve_groups(source, cfg), offset, probe)
+        for g in skipped:
+            log.warning("SmoothQuant: %s not smoothed: %s", g.group, g.reason)
 
-    calib = calibrate(source, calibration_spec, work / "calibration", quiet=quiet)
+    calib = calibrate(source, calibration_spec, work / "calibration", quiet=quiet, stage=SMOOTHQUANT)
     windows = calibration_windows(calibration_spec, load_tokenizer(str(source.tokenizer_dir or source.path)))
     seconds["calibrate"] = time.perf_counter() - t
     act, wmax = group_statistics(groups, calib.stats, source)
-    model = load_float_model(source)
-    from aqrecipe.smoothquant.fakequant import decoder_linears
-
-    channel_max = {n: calib.stats[names[n]].absmax for n in decoder_linears(model)}
-    return _Calibrated(cfg, source, groups, offset, names, calib, windows, act, wmax, model, channel_max)
+    names = {n: feeds[0] for n in decoder_linears(model) if (feeds := source.gguf_names_of(n + ".weight"))}
+    channel_max = {n: calib.stats[g].absmax for n, g in names.items()}
+    return _Calibrated(cfg, source, groups, skipped, offset, names, calib, windows, act, wmax, model, channel_max)
 
 
 def _choose_alpha(c: _Calibrated, seconds: dict[str, float]) -> tuple[float | str | None, list[dict[str, float]]]:
@@ -313,6 +323,6 @@ def _write(c: _Calibrated, smoothed: Any, input_scales: Mapping[str, float] | No
     if c.cfg.output == "compressed-tensors":
         write_compressed_tensors(smoothed, c.source, Path(dest), input_scales)
     else:
-        write_q8_0_gguf(smoothed, c.source, Path(dest), work)
+        write_q8_0_gguf(smoothed, c.source, Path(dest), c.groups)
     seconds["write"] = time.perf_counter() - t
     return str(dest)

@@ -76,7 +76,7 @@ def activation_errors(model: Any, windows: np.ndarray, smooth: Mapping[str, np.n
     tensors = {n: torch.from_numpy(np.asarray(s, dtype=np.float32)) for n, s in smooth.items()}
 
     def quant(x: torch.Tensor, name: str, smoothed: bool) -> torch.Tensor:
-        if static_max is None:
+        if static_max is None or name not in static_max:
             return fake_quant_per_token(x)
         channels = np.asarray(static_max[name], dtype=np.float64)
         if smoothed:

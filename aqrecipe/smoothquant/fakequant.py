@@ -85,6 +85,7 @@ def quantize_model_(model: Any, input_scales: Mapping[str, float] | None = None)
     for name in decoder_linears(model):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
-        scale = None if input_scales is None else float(input_scales[name])
+        # a linear without a calibrated scale (it feeds no GGUF tensor) stays dynamic per-token
+        scale = None if input_scales is None or name not in input_scales else float(input_scales[name])
         setattr(parent, child, cls(getattr(parent, child), scale))
     return model

@@ -10,20 +10,23 @@ if TYPE_CHECKING:
     from aqrecipe.models.protocol import WeightSource
 
 
+#: The stage named when the model has no HF folder (GGUF input).
+SMOOTHQUANT = "SmoothQuant"
+
+
 def load_float_model(source: WeightSource) -> Any:
     """The HF model of ``source`` in float32 on the CPU, in eval mode."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    from aqrecipe.calibration.hf_model import load_float_model as load
 
-    model = AutoModelForCausalLM.from_pretrained(str(source.path), dtype=torch.float32, use_safetensors=True)
-    model.eval()
-    return model
+    return load(source, SMOOTHQUANT)
 
 
 def load_tokenizer(source: WeightSource) -> Any:
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(source.tokenizer_dir or source.path))
+    from aqrecipe.calibration.hf_model import require_hf_folder
+
+    tok = AutoTokenizer.from_pretrained(str(source.tokenizer_dir or require_hf_folder(source, SMOOTHQUANT)))
     tok.model_max_length = 1 << 40
     return tok
 
