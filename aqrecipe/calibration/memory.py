@@ -168,7 +168,7 @@ def limited_options(options: RunnerOptions, model_ref: ModelRef, spec: Calibrati
     ``model_ref`` with ``spec`` (CalibrationSpec) under ``max_memory``; unchanged without a limit."""
     if max_memory is None:
         return options
-    from aqrecipe.models import open_model
+    from aqrecipe.calibration.hf_model import as_source
 
-    return calibration_options(options, open_model(model_ref), samples=spec.samples, seq_len=spec.seq_len,
+    return calibration_options(options, as_source(model_ref), samples=spec.samples, seq_len=spec.seq_len,
                                max_memory=max_memory)
