@@ -142,8 +142,8 @@ def _load_module(module: torch.nn.Module, source: WeightSource, prefix: str, dev
     """Give ``module``'s meta parameters the checkpoint's weights under ``prefix``; move it to ``device``.
 
     Parameters take the compute dtype; buffers (made by the modeling code) only move, so rotary
-    frequencies keep the precision the model computed them in. Submodules named in ``skip`` are
-    left alone.
+    frequencies keep the precision the model computed them in. Parameters under the prefixes in
+    ``skip`` stay on the meta device.
     """
     import torch
 
