@@ -55,6 +55,12 @@ CASES = {
     "model-no-config": "the model folder has no config.json",
     "model-bad-config-json": "config.json is not JSON",
     "model-pickle-only": "the folder holds only pytorch_model.bin (a pickle, never loaded)",
+    "model-deep-json": "config.json or a safetensors header nested thousands of levels deep",
+    "model-header-odd-types": "a header dtype that is a list; an index weight_map with integer values",
+    "model-tensor-in-two-shards": "the same tensor stored in two shards",
+    "model-absurd-config": "config.json sizes or flags of the wrong type or absurd size (1e30, \"false\")",
+    "model-config-contradiction": "config.json contradicts itself or the weights (tied head with its own lm_head, rope_parameters vs rope_scaling)",
+    "model-tokenizer": "tokenizer files missing, not UTF-8, not JSON, or not a JSON object",
     "model-weight-beyond-f16": "a finite weight too large for the requested F16 type (it would become Inf)",
     "output-missing-folder": "-o names a file in a folder that does not exist",
     "output-readonly-folder": "-o names a file in a folder that cannot be written",
@@ -202,6 +208,44 @@ def config_change(**changes: object) -> Callable[[Path], None]:
     return lambda folder: edit_config(folder, **changes)
 
 
+def deep_config(folder: Path) -> None:
+    text = (folder / "config.json").read_text().rstrip()
+    (folder / "config.json").write_text(text[:-1] + ', "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+
+
+def deep_header(folder: Path) -> None:
+    header, data = load_st(folder / ST)
+    text = json.dumps(header)[:-1] + ', "__x__": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    raw = text.encode() + b" " * (-len(text) % 8)
+    (folder / ST).write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+
+
+def index_with_int_shards(folder: Path) -> None:
+    names = list(load_st(folder / ST)[0])
+    index = {"metadata": {}, "weight_map": {n: 1 for n in names if n != "__metadata__"}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def tensor_in_two_shards(folder: Path) -> None:
+    header, data = load_st(folder / ST)
+    name = "model.norm.weight"
+    begin, end = header[name]["data_offsets"]
+    save_st(folder / "extra.safetensors", {name: {**header[name], "data_offsets": [0, end - begin]}}, data[begin:end])
+    index = {"metadata": {}, "weight_map": {**{n: ST for n in header if n != "__metadata__"}}}
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    index["weight_map"][name] = "extra.safetensors"  # the index names one, both hold it
+    (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+
+
+def tokenizer_bytes(raw: bytes) -> Callable[[Path], None]:
+    return lambda folder: (folder / "tokenizer.json").write_bytes(raw)
+
+
+def no_tokenizer(folder: Path) -> None:
+    for path in folder.glob("tokenizer*"):
+        path.unlink()
+
+
 def no_config(folder: Path) -> None:
     (folder / "config.json").unlink()
 
@@ -270,6 +314,26 @@ MODEL_CASES = [
     Case("model-unknown-architecture", config_change(model_type="foo", architectures=[FOO]), BadArch, ("foo", FOO, "llama")),
     Case("model-unknown-architecture-class-only", config_change(model_type=None, architectures=[FOO]), BadArch, (FOO,)),
     Case("model-no-config", no_config, ModelError, ("config.json",)),
+    Case("model-deep-json-config", deep_config, CorruptFileError, ("config.json", "nested too deeply")),
+    Case("model-deep-json-header", deep_header, CorruptFileError, (ST, "nested too deeply")),
+    Case("model-header-odd-types-dtype-list", stored_as("model.norm.weight", ["F32"], [64]), CorruptFileError,
+         ("model.norm.weight", "not a dtype name")),
+    Case("model-header-odd-types-int-shards", index_with_int_shards, CorruptFileError, ("index", "weight_map")),
+    Case("model-tensor-in-two-shards", tensor_in_two_shards, CorruptFileError, ("model.norm.weight", "two shards")),
+    Case("model-absurd-config-1e30", config_change(max_position_embeddings=1e30), ModelError,
+         ("max_position_embeddings", "1e+30", "positive integer")),
+    Case("model-absurd-config-huge-int", config_change(intermediate_size=10**40), ModelError, ("intermediate_size",)),
+    Case("model-absurd-config-string-flag", config_change(tie_word_embeddings="false"), ModelError,
+         ("tie_word_embeddings", "'false'", "without quotes")),
+    Case("model-config-contradiction-tied-head", config_change(tie_word_embeddings=True), ModelError,
+         ("tie_word_embeddings", "lm_head.weight")),
+    Case("model-config-contradiction-rope", config_change(rope_scaling={"rope_type": "linear", "factor": 2.0},
+                                                          rope_parameters={"rope_type": "default", "rope_theta": 1e4}),
+         ModelError, ("rope_parameters", "rope_scaling", "linear")),
+    Case("model-tokenizer-missing", no_tokenizer, ModelError, ("no tokenizer", "llama.cpp")),
+    Case("model-tokenizer-not-utf8", tokenizer_bytes(b"\xff\xfe{}"), CorruptFileError, ("tokenizer.json", "not utf-8")),
+    Case("model-tokenizer-not-json", tokenizer_bytes(b"{not json"), CorruptFileError, ("tokenizer.json", "not valid json")),
+    Case("model-tokenizer-list", tokenizer_bytes(b"[1, 2, 3]"), CorruptFileError, ("tokenizer.json", "not a json object")),
     Case("model-bad-config-json", bad_config, CorruptFileError, ("config.json", "not valid json")),
     Case("model-pickle-only", pickle_only, ModelError, ("pytorch_model.bin", "pickle", "never", "safetensors")),
 ]

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from aqrecipe.apply.guard import check_destination, locked_work_dir, staged_output
+from aqrecipe.apply.guard import check_destination, check_run_paths, locked_work_dir, staged_output
 from aqrecipe.apply.imatrix_stage import calibration_spec, resolve_imatrix
 from aqrecipe.apply.options import ApplyOptions, ApplyResult, default_work_dir, wants_folder, write_report
 from aqrecipe.apply.preflight import check_inputs
@@ -25,6 +25,7 @@ from aqrecipe.errors import AqrecipeError
 from aqrecipe.evaluate import evaluate
 from aqrecipe.evaluate.coherence import CoherenceSpec, check_coherence, is_ultra_low
 from aqrecipe.evaluate.reference import reference_gguf
+from aqrecipe.models.files import check_tokenizer_files
 from aqrecipe.plan.model import plan_source
 from aqrecipe.optional import EXTRAS, require_or_skip
 from aqrecipe.output.plan_gguf import write_plan_gguf
@@ -47,10 +48,14 @@ def run_apply(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyOptio
     """
     t0 = time.perf_counter()
     dest = Path(dest)
+    check_run_paths(plan, recipe, dest, options)  # no write may replace an input, another output or a device
     check_inputs(recipe, options)
     check_destination(dest, recipe, options)
+    source = plan_source(plan)
+    if source.hf_folder is not None:  # a GGUF without a vocabulary would not load in llama.cpp: refuse it now
+        check_tokenizer_files(source.hf_folder)
     if options.max_memory is not None:
-        check_fits(plan_source(plan), options.max_memory)
+        check_fits(source, options.max_memory)
     with locked_work_dir(options.work_dir or default_work_dir(dest)):
         result = _apply_locked(plan, recipe, dest, options)
     seconds = {**result.seconds, "total": time.perf_counter() - t0}

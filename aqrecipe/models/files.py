@@ -14,6 +14,18 @@ INDEX_FILE = "model.safetensors.index.json"
 _PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
 
+def load_json(path: Path, *, hint: str) -> Any:
+    """Parse a JSON file of a model folder; CorruptFileError (never a traceback) when it is not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CorruptFileError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})", hint=hint) from None
+    except json.JSONDecodeError as exc:
+        raise CorruptFileError(f"{path} is not valid JSON ({exc})", hint=hint) from None
+    except RecursionError:
+        raise CorruptFileError(f"{path} is nested too deeply to be a model file", hint=hint) from None
+
+
 def load_config(folder: Path) -> dict[str, Any]:
     """Parse ``folder/config.json``; ModelError if the folder or file is missing."""
     if not folder.is_dir():
@@ -27,10 +39,7 @@ def load_config(folder: Path) -> dict[str, Any]:
             f"{folder} has no config.json",
             hint="a Hugging Face model folder needs config.json next to its safetensors files",
         )
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorruptFileError(f"{config_path} is not valid JSON ({exc})", hint="restore config.json") from None
+    config = load_json(config_path, hint="restore config.json")
     if not isinstance(config, dict):
         raise CorruptFileError(f"{config_path} is not a JSON object", hint="restore config.json")
     return config
@@ -65,13 +74,15 @@ def find_weight_files(folder: Path) -> list[Path]:
 
 
 def _files_from_index(folder: Path, index_path: Path) -> list[Path]:
+    index = load_json(index_path, hint="restore the index file from the model repository")
     try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
         weight_map = index["weight_map"]
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+            raise TypeError("weight_map names and shards must be strings")
         shards = sorted(set(weight_map.values()))
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
+    except (KeyError, TypeError, AttributeError):
         raise CorruptFileError(
-            f"{index_path} is not a valid safetensors index (no weight_map)",
+            f"{index_path} is not a valid safetensors index (its weight_map must map tensor names to shard file names)",
             hint="restore the index file from the model repository",
         ) from None
     files = []
@@ -84,3 +95,22 @@ def _files_from_index(folder: Path, index_path: Path) -> list[Path]:
             )
         files.append(shard_path)
     return files
+
+
+#: files a tokenizer may come as; llama.cpp's converter needs one of them to write the GGUF's vocabulary
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
+_TOKENIZER_JSON = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+
+
+def check_tokenizer_files(folder: Path) -> None:
+    """The folder has a tokenizer, and its JSON files are JSON objects (before the converter reads them)."""
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelError(
+            f"{folder} has no tokenizer ({', '.join(TOKENIZER_FILES[:2])} ...): llama.cpp cannot load a GGUF "
+            "without one, so aqrecipe does not write it",
+            hint="copy the tokenizer files from the model's repository into the folder",
+        )
+    for name in _TOKENIZER_JSON:
+        path = folder / name
+        if path.is_file() and not isinstance(load_json(path, hint=f"restore {name} from the model repository"), dict):
+            raise CorruptFileError(f"{path} is not a JSON object", hint=f"restore {name} from the model repository")

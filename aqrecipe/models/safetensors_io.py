@@ -72,6 +72,8 @@ def read_header(path: Path) -> list[RawTensor]:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _corrupt(path, f"header is not valid JSON ({exc})") from None
+    except RecursionError:  # a header is a flat table; deep nesting is hostile, not a model
+        raise _corrupt(path, "header is nested too deeply to be a safetensors header") from None
     if not isinstance(header, dict):
         raise _corrupt(path, "header is not a JSON object")
 
@@ -112,6 +114,8 @@ def _parse_entry(path: Path, name: str, entry: object, data_start: int, data_siz
             f"tensor {name!r} data_offsets [{begin}, {end}] lie outside the {data_size} data bytes: "
             "the file is truncated or its header is wrong",
         )
+    if not isinstance(dtype, str):
+        raise _corrupt(path, f"header entry {name!r} has dtype {str(dtype)[:60]}, not a dtype name")
     if dtype not in SUPPORTED_DTYPES:
         raise UnsupportedDtypeError(
             f"{path}: tensor {name!r} has dtype {dtype}, which aqrecipe does not read",

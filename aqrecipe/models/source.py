@@ -18,7 +18,8 @@ import numpy as np
 
 from aqrecipe.errors import CorruptFileError, ModelError
 from aqrecipe.models.architectures import ArchInfo, arch_info_from_metadata
-from aqrecipe.models.files import INDEX_FILE, find_weight_files, load_config
+from aqrecipe.models.config_check import check_config
+from aqrecipe.models.files import INDEX_FILE, check_tokenizer_files, find_weight_files, load_config, load_json
 from aqrecipe.models.safetensors_io import RawTensor, read_header, read_tensor
 from aqrecipe.models.tensor_names import gguf_order_key
 from aqrecipe.models.tensor_names import hf_layer_of
@@ -39,6 +40,7 @@ class ModelSource:
         self.path = path
         self.config = config
         self._conversion = conversion
+        self._tokenizer_checked = False
         self._raw = {t.name: t for t in raw}
         tensors = []
         for t in sorted(conversion.tensors, key=lambda t: gguf_order_key(t.gguf_name)):
@@ -80,19 +82,26 @@ class ModelSource:
                              hint="HF names are those of the safetensors headers")
         return read_tensor(raw)
 
+    def _converted(self) -> Conversion:
+        """The conversion, its tokenizer files checked first (the full run reads them)."""
+        if not self._tokenizer_checked:
+            check_tokenizer_files(self.path)
+            self._tokenizer_checked = True
+        return self._conversion
+
     def read_for_gguf(self, name: str) -> np.ndarray:
         """A GGUF tensor as float32, exactly as llama.cpp's converter makes it."""
-        return self._conversion.read(self.tensor(name).gguf_name)
+        return self._converted().read(self.tensor(name).gguf_name)
 
     def convert_values(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The GGUF tensors that replacement HF tensors convert to (SmoothQuant's smoothed weights)."""
-        return self._conversion.convert_values(values)
+        return self._converted().convert_values(values)
 
     def gguf_names_of(self, hf_name: str) -> tuple[str, ...]:
         return self._feeds.get(hf_name, ())
 
     def gguf_metadata(self) -> dict[str, gguf.GGUFValue]:
-        return dict(self._conversion.metadata)
+        return dict(self._converted().metadata)
 
     def fingerprint(self) -> str:
         """sha256 over config.json, the HF headers and the converted table (not paths, not data)."""
@@ -145,17 +154,46 @@ def open_folder(path: Path) -> ModelSource:
 
     path = Path(path)
     config = load_config(path)
+    check_config(path, config)
     raw = [t for file in find_weight_files(path) for t in read_header(file)]
+    _check_unique(raw)
     _check_index(path, {t.name: t.file.name for t in raw})
     _check_layer_count(path, config, raw)
     from aqrecipe.models.converter.table import table_key
 
     key = table_key(config, ((t.name, t.dtype, t.shape) for t in raw))
     source = ModelSource(path, config, Conversion(path, hparams=config, table_key=key), raw)
+    _check_tied_output(source, raw)
     vocab = config.get("vocab_size")
     check_shapes(source.path, source.arch, source.tensors, HF_CONFIG_KEYS,
                  declared_vocab=vocab if isinstance(vocab, int) and not isinstance(vocab, bool) else None)
     return source
+
+
+def _check_unique(raw: list[RawTensor]) -> None:
+    """A tensor in two shards is ambiguous (which one would the converter take?)."""
+    seen: dict[str, Path] = {}
+    for t in raw:
+        if t.name in seen and seen[t.name] != t.file:
+            raise CorruptFileError(
+                f"tensor {t.name!r} is in two shards, {seen[t.name].name} and {t.file.name}",
+                hint="the folder mixes files of two downloads or conversions; fetch the model again",
+            )
+        seen[t.name] = t.file
+
+
+def _check_tied_output(source: ModelSource, raw: list[RawTensor]) -> None:
+    """``tie_word_embeddings: true`` with a distinct lm_head.weight: the converter would drop the head."""
+    head = next((t for t in raw if t.name == "lm_head.weight"), None)
+    if head is not None and source.config.get("tie_word_embeddings") is True:
+        kept = "keeps it" if not source.arch.tied_embeddings else "drops it"
+        raise ModelError(
+            f"{source.path}: config.json says tie_word_embeddings: true, but the weights hold their own "
+            f"lm_head.weight: transformers ties the head to the embeddings while llama.cpp's converter {kept}, "
+            "so the two would not run the same model",
+            hint="if the head is trained separately set tie_word_embeddings: false in config.json; if it is a "
+            "copy of the embeddings, remove it from the checkpoint",
+        )
 
 
 def _check_layer_count(path: Path, config: dict[str, Any], raw: list[RawTensor]) -> None:
@@ -177,7 +215,7 @@ def _check_index(path: Path, found: dict[str, str]) -> None:
     index_path = path / INDEX_FILE
     if not index_path.is_file():
         return
-    weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+    weight_map = load_json(index_path, hint="restore the index file from the model repository")["weight_map"]
     for name, shard in sorted(weight_map.items()):
         if found.get(name) != shard:
             raise CorruptFileError(

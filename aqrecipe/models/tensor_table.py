@@ -50,12 +50,15 @@ def check_shapes(path: Path, arch: ArchInfo, tensors: tuple[TensorInfo, ...], ke
     q_rows, kv_rows = arch.n_head * arch.head_dim, arch.n_head_kv * arch.head_dim
     heads = f"{keys['heads']} x {keys['head_dim']} = {arch.n_head} x {arch.head_dim}"
     kv_heads = f"{keys['kv_heads']} x {keys['head_dim']} = {arch.n_head_kv} x {arch.head_dim}"
+    has_gate = any(role_of(info.gguf_name) == "ffn_gate" for info in tensors)
     expected = {  # role -> ((rows, what says so) or None, (columns, what says so) or None)
         "token_embd": (None, (h, keys["hidden"])), "output": (None, (h, keys["hidden"])),
         "attn_q": ((q_rows, heads), (h, keys["hidden"])), "attn_k": ((kv_rows, kv_heads), (h, keys["hidden"])),
         "attn_v": (None, (h, keys["hidden"])),
         "ffn_gate": ((f, keys["ffn"]) if f else None, (h, keys["hidden"])),
-        "ffn_up": ((f, keys["ffn"]) if f else None, (h, keys["hidden"])),
+        # without a separate ffn_gate, ffn_up holds gate and up fused (Phi-3): twice the rows
+        "ffn_up": ((f if has_gate else 2 * f, keys["ffn"] + ("" if has_gate else " x 2 (fused gate/up)"))
+                   if f else None, (h, keys["hidden"])),
         "ffn_down": ((h, keys["hidden"]), (f, keys["ffn"]) if f else None),
     }
     problems: list[str] = []
