@@ -26,7 +26,7 @@ from aqrecipe.evaluate import evaluate
 from aqrecipe.evaluate.coherence import CoherenceSpec, check_coherence, is_ultra_low
 from aqrecipe.evaluate.reference import reference_gguf
 from aqrecipe.models.files import check_tokenizer_files
-from aqrecipe.plan.model import plan_source
+from aqrecipe.plan.model import checked_source
 from aqrecipe.optional import EXTRAS, require_or_skip
 from aqrecipe.output.plan_gguf import write_plan_gguf
 from aqrecipe.plan import Plan
@@ -51,7 +51,7 @@ def run_apply(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyOptio
     check_run_paths(plan, recipe, dest, options)  # no write may replace an input, another output or a device
     check_inputs(recipe, options)
     check_destination(dest, recipe, options)
-    source = plan_source(plan)
+    source = checked_source(plan)  # the model unchanged since compile, the plan describing it exactly
     if source.hf_folder is not None:  # a GGUF without a vocabulary would not load in llama.cpp: refuse it now
         check_tokenizer_files(source.hf_folder)
     if options.max_memory is not None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from aqrecipe import __version__
 from aqrecipe.errors import PlanError
+from aqrecipe.formats.bounded import read_text_bounded
 
 if TYPE_CHECKING:
     from aqrecipe.models import ModelSource
@@ -115,7 +116,8 @@ class Plan:
         return data
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, sort_keys=True)
+        """The plan file: the plan and its own hash (so an edit after compile is noticed)."""
+        return json.dumps({**self.to_dict(), "sha256": self.sha256()}, indent=1, sort_keys=True)
 
     def sha256(self) -> str:
         """Hash of the plan's canonical JSON: recorded in the GGUF metadata."""
@@ -129,23 +131,31 @@ class Plan:
                 f"plan format version {data.get('format_version')!r} is not supported",
                 hint=f"recompile the recipe with this aqrecipe ({__version__})",
             )
-        data = {k: v for k, v in data.items() if k != "totals"}
+        recorded = data.get("sha256")
+        data = {k: v for k, v in data.items() if k not in ("totals", "sha256")}
         try:
             entries = tuple(PlanEntry(**{**e, "shape": tuple(e["shape"])}) for e in data.pop("entries"))
-            return cls(
+            plan = cls(
                 entries=entries,
                 unused_rules=tuple(data.pop("unused_rules", ())),
                 needs_imatrix=tuple(data.pop("needs_imatrix", ())),
                 **data,
             )
-        except (TypeError, KeyError) as exc:
+        except (TypeError, KeyError, AttributeError) as exc:
             raise PlanError(f"malformed plan file: {exc}", hint="recompile the recipe") from None
+        if recorded is not None and recorded != plan.sha256():
+            raise PlanError(
+                "the plan was edited after compile (its sha256 no longer matches its content)",
+                hint="recompile the recipe; to apply a hand-edited plan anyway, delete its \"sha256\" line "
+                "(it is then still checked against the model tensor by tensor)",
+            )
+        return plan
 
 
 def load_plan(path: Path) -> Plan:
     """Read a plan written by ``aqrecipe compile -o plan.json``."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(read_text_bounded(path, kind="plan", what="plan file", error=PlanError))
     except FileNotFoundError:
         raise PlanError(f"plan file {path} does not exist", hint="run `aqrecipe compile RECIPE -o plan.json`") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -164,11 +174,14 @@ def plan_source(plan: Plan) -> ModelSource:
 
 
 def checked_source(plan: Plan) -> ModelSource:
-    """The plan's model, refused when it changed since the plan was compiled."""
+    """The plan's model, refused when it changed since the plan was compiled or the plan does not fit it."""
+    from aqrecipe.plan.check import check_plan
+
     source = plan_source(plan)
     if source.fingerprint() != plan.model_fingerprint:
         raise PlanError(
             f"the model at {plan.model_path} changed since the plan was compiled",
             hint="recompile the recipe (aqrecipe compile) and apply the new plan",
         )
+    check_plan(plan, source)
     return source
