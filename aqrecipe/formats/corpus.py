@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from aqrecipe.errors import CalibrationDataError, DependencyError
+from aqrecipe.errors import AqrecipeError, CalibrationDataError, DependencyError
+from aqrecipe.formats.bounded import read_bounded
 from aqrecipe.optional import available, require
 
 __all__ = [
@@ -198,10 +199,12 @@ def _write_json_atomic(dest: Path, payload: object) -> None:
 
 def _load_cached(cache_file: Path, source: Path) -> list[Article] | None:
     try:
-        payload = json.loads(cache_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        payload = json.loads(read_bounded(cache_file, kind="cache", what="corpus cache"))
+    except (OSError, ValueError, AqrecipeError):  # a damaged or odd cache only costs a re-parse
         return None
-    if payload.get("version") != CORPUS_VERSION or payload.get("source_size") != source.stat().st_size:
+    if not isinstance(payload, dict) or payload.get("version") != CORPUS_VERSION:
+        return None
+    if payload.get("source_size") != source.stat().st_size:
         return None
     return [Article(a["title"], a["text"]) for a in payload["articles"]]
 
@@ -273,9 +276,7 @@ def _read_utf8(path: str | os.PathLike[str], what: str) -> str:
             f"{what} {str(p)!r} does not exist", hint="check the path (a recipe's paths are relative to "
             "the recipe file, command-line paths to the current folder)"
         )
-    if not p.is_file():
-        raise CalibrationDataError(f"{what} {str(p)!r} is not a file", hint="pass a UTF-8 text file")
-    data = p.read_bytes()
+    data = read_bounded(p, kind="text", what=what, error=CalibrationDataError)  # folders, FIFOs, /dev/zero refused
     if b"\x00" in data:
         raise CalibrationDataError(
             f"{what} {str(p)!r} looks binary (it contains NUL bytes)",

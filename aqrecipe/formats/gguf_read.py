@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from aqrecipe.errors import AqrecipeError, GGUFFormatError
+from aqrecipe.formats.bounded import special_kind
 
 _SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _STRING, _ARRAY, _UINT32 = 8, 9, 4
@@ -111,7 +112,11 @@ def _scan_gguf_header(path: Path) -> None:
     """
     import gguf
 
-    size = os.path.getsize(path)
+    st = os.stat(path)
+    kind = special_kind(st.st_mode)
+    if kind is not None:  # mapped, not read, but a FIFO would block the open and a device is not a file
+        raise _Bad(f"it is {kind}, not a regular file")
+    size = st.st_size
     if size < 24:
         raise _Bad(f"the file has {size} bytes, fewer than a GGUF header")
     with open(path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:

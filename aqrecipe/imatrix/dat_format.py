@@ -27,6 +27,7 @@ from typing import BinaryIO
 import numpy as np
 
 from aqrecipe.errors import ImatrixError
+from aqrecipe.formats.bounded import read_bounded
 from aqrecipe.imatrix.data import ImatrixData, ImatrixEntry
 
 log = logging.getLogger(__name__)
@@ -152,4 +153,5 @@ def decode_dat(buf: bytes, path: Path = Path("<bytes>"), chunk_size: int = DEFAU
 
 
 def read_dat_imatrix(path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> ImatrixData:
-    return decode_dat(Path(path).read_bytes(), Path(path), chunk_size)
+    raw = read_bounded(path, kind="imatrix", what="imatrix", error=ImatrixError)
+    return decode_dat(raw, Path(path), chunk_size)

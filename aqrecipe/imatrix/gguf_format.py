@@ -9,12 +9,12 @@ name order: ``<name>.in_sum2`` F32 with ggml shape ``[n_cols, n_mat]``,
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from aqrecipe.errors import ImatrixError
+from aqrecipe.formats.bounded import regular_file_size
 from aqrecipe.imatrix.data import ImatrixData, ImatrixEntry
 
 KEY_TYPE = "general.type"
@@ -63,7 +63,8 @@ def read_gguf_imatrix(path: Path) -> ImatrixData:
     from aqrecipe.formats.gguf_read import open_gguf
 
     path = Path(path)
-    size = os.path.getsize(path)
+    # mapped, not read whole, but every value is copied out: the same bound as a .dat
+    size = regular_file_size(path, kind="imatrix", what="imatrix", error=ImatrixError)
     reader = open_gguf(path, error=lambda what: _bad(path, what))  # header checked before gguf-py reads it
 
     def field(key: str):

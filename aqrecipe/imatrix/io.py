@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from aqrecipe.errors import ImatrixError
+from aqrecipe.formats.bounded import regular_file_size
 from aqrecipe.formats.fileio import atomic_output, atomic_path
 from aqrecipe.imatrix.dat_format import DEFAULT_CHUNK_SIZE, read_dat_imatrix, write_dat_imatrix
 from aqrecipe.imatrix.data import ImatrixData
@@ -22,8 +23,9 @@ def load_imatrix(path: str | os.PathLike[str], *, chunk_size: int | None = None)
     their per-chunk means back into sums; default 512, llama.cpp's default.
     """
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise ImatrixError(f"imatrix {str(p)!r} does not exist", hint="check the path")
+    regular_file_size(p, kind="imatrix", what="imatrix", error=ImatrixError)  # a FIFO would block the open
     with open(p, "rb") as fh:
         magic = fh.read(4)
     if magic == b"GGUF":

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from aqrecipe.errors import RecipeError
+from aqrecipe.formats.bounded import human, limit_for, read_bounded
 from aqrecipe.recipe import issues as codes
 from aqrecipe.recipe.issues import RecipeIssue, recipe_error, sort_issues
 from aqrecipe.recipe.model import Recipe, build_recipe
@@ -22,8 +23,10 @@ def load_recipe(path: str | os.PathLike[str]) -> Recipe:
     (file problems R001-R003 come alone: there is nothing else to check).
     """
     p = Path(path)
-    try:
-        raw = p.read_bytes()
+    try:  # bounded: /dev/zero or a 20 GB file is refused before it is read (R002)
+        raw = read_bounded(p, kind="recipe", what="recipe file", error=lambda message, hint: _fail(
+            [RecipeIssue(codes.FILE_UNREADABLE, None, None, "$", message, value=str(p),
+                         allowed=f"a regular file of at most {human(limit_for('recipe'))}")], p))
     except FileNotFoundError:
         raise _fail([RecipeIssue(codes.FILE_NOT_FOUND, None, None, "$", f"recipe file not found: {str(p)!r}",
                                  value=str(p), allowed="a path to an existing .yaml file")], p) from None
