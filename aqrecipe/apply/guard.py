@@ -29,13 +29,55 @@ from pathlib import Path
 from typing import Any
 
 from aqrecipe._testhooks import reached
-from aqrecipe.apply.options import ApplyOptions, wants_folder
+from aqrecipe.apply.options import ApplyOptions, default_work_dir, wants_folder
 from aqrecipe.calibration.checkpoint import LOCK, FolderLock
 from aqrecipe.formats.fileio import _fsync_folder, atomic_path, check_output_folder, staged_for
+from aqrecipe.formats.paths import Write, check_write_targets, model_reads
 from aqrecipe.output.safetensors import check_folder_output
+from aqrecipe.plan import Plan
 from aqrecipe.recipe import Recipe
 
 log = logging.getLogger(__name__)
+
+
+def output_kind(recipe: Recipe | None, options: ApplyOptions) -> str:
+    """What the run writes at its destination: "file" (a GGUF), "folder" (an HF folder) or "none"."""
+    section = recipe.section("smoothquant") if recipe is not None else None
+    if section is not None:  # W8A8: compressed-tensors (a folder), a Q8_0 GGUF, or nothing
+        return {"gguf-q8_0": "file", "none": "none"}.get(section.output, "folder")
+    return "folder" if wants_folder(recipe, options) else "file"
+
+
+def check_run_paths(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyOptions) -> None:
+    """OutputError unless no path this run writes is one it reads, another output or a special file.
+
+    Writes: the output, ``--report``, the work folder and the recipe's ``imatrix.save``.
+    Reads: :func:`recipe_reads`, the plan file and ``--imatrix``.
+    """
+    kind = output_kind(recipe, options)
+    writes: dict[str, Path | Write | None] = {
+        "output": None if kind == "none" else Write(Path(dest), kind),
+        "report (--report)": options.report_path,
+        "work folder": Write(Path(options.work_dir or default_work_dir(Path(dest))), "work"),
+    }
+    section = recipe.section("imatrix") if recipe is not None else None
+    if section is not None and section.type == "compute" and section.save and options.imatrix_path is None:
+        writes["imatrix save path (imatrix.save)"] = recipe.resolve_path(section.save)
+    reads = {**recipe_reads(recipe, plan.model_path), "plan": options.plan_path,
+             "imatrix (--imatrix)": options.imatrix_path}
+    check_write_targets(writes, reads)
+
+
+def recipe_reads(recipe: Recipe | None, model_path: str | os.PathLike[str]) -> dict[str, Path | None]:
+    """The files behind a recipe, by role: the model's, the recipe file and every input file it names
+    (also one a run skips, such as the evaluation text under --no-eval: it is still the user's file)."""
+    from aqrecipe.apply.preflight import named_inputs
+
+    reads: dict[str, Path | None] = {**model_reads(model_path),
+                                     "recipe": recipe.source_path if recipe is not None else None}
+    for f in named_inputs(recipe) if recipe is not None else ():
+        reads[f"{f.what} ({f.where.removeprefix('$.')})"] = f.path
+    return reads
 
 
 def check_destination(dest: Path, recipe: Recipe | None, options: ApplyOptions) -> None:
@@ -43,10 +85,7 @@ def check_destination(dest: Path, recipe: Recipe | None, options: ApplyOptions) 
 
     ``dest`` may be a folder only for folder outputs (safetensors, compressed-tensors).
     """
-    section = recipe.section("smoothquant") if recipe is not None else None
-    kind = "folder" if wants_folder(recipe, options) else "file"
-    if section is not None:  # W8A8: compressed-tensors (a folder), a Q8_0 GGUF, or nothing
-        kind = {"gguf-q8_0": "file", "none": "none"}.get(section.output, "folder")
+    kind = output_kind(recipe, options)
     if kind != "none":
         check_output_folder(dest, probe=True, folder_ok=kind == "folder")
     if kind == "folder":

@@ -51,6 +51,7 @@ class ApplyOptions:
     extra_rules: tuple[Rule, ...] = ()  # --set rules, re-applied when the stages replan
     output_format: str | None = None  # None: the recipe's output.format; "safetensors" for -o DIR/
     max_memory: int | None = None  # --max-memory bytes: sizes the calibration cache, refuses a model that cannot fit
+    plan_path: Path | None = None  # apply PLAN.json: the plan file, an input no output may replace
 
     def evaluates(self, recipe: Recipe | None) -> bool:
         """Whether this run evaluates its output: ``--eval``/``--no-eval``, else the recipe's evaluation section."""

@@ -85,7 +85,14 @@ def apply_options(args: argparse.Namespace, extra_rules: Sequence[Rule] = ()) ->
         quiet=args.quiet or args.json,
         extra_rules=tuple(extra_rules),
         max_memory=max_memory_bytes(args),
+        plan_path=_plan_target(args),
     )
+
+
+def _plan_target(args: argparse.Namespace) -> Path | None:
+    """apply's target when it is a plan file (load_target's rule: a .json is a plan), else None."""
+    target = getattr(args, "target", None)
+    return Path(target) if target and Path(target).suffix == ".json" else None
 
 
 def summary_text(result: ApplyResult) -> str:

@@ -91,6 +91,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     for issue in _model_issues(recipe, plan):
         log.warning("%s", issue.format())
     if args.output:
+        from aqrecipe.apply.guard import recipe_reads
+        from aqrecipe.formats.paths import check_write_targets
+
+        check_write_targets({"plan output (-o)": Path(args.output)}, recipe_reads(recipe, plan.model_path))
         atomic_write_text(Path(args.output), plan.to_json())
         log.info("plan written to %s (sha256 %s)", args.output, plan.sha256()[:16])
     _emit(args, plan.to_dict(), render_plan(plan, verbose=not args.summary))

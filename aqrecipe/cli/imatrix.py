@@ -81,7 +81,13 @@ def run_imatrix_command(args: argparse.Namespace) -> int:
 def _compute(args: argparse.Namespace, as_json: bool) -> int:
     from aqrecipe.calibration.data import CalibrationSpec
     from aqrecipe.calibration.runner import RunnerOptions
+    from aqrecipe.formats.paths import Write, check_write_targets, model_reads
     from aqrecipe.imatrix.compute import compute_imatrix
+
+    out = Path(args.output)
+    work = Path(args.work_dir) if args.work_dir else out.with_name(out.name + ".work")
+    check_write_targets({"imatrix output (-o)": out, "work folder": Write(work, "work")},
+                        {**model_reads(args.model), "calibration text (--text)": args.path and Path(args.path)})
 
     spec = CalibrationSpec(source=args.source, path=args.path, field=args.field, name=args.name,
                            config=args.config, split=args.split, samples=args.samples,
@@ -93,8 +99,6 @@ def _compute(args: argparse.Namespace, as_json: bool) -> int:
 
     # size the cache and batches to --max-memory, or refuse before any work
     options = limited_options(options, args.model, spec, max_memory_bytes(args))
-    out = Path(args.output)
-    work = Path(args.work_dir) if args.work_dir else out.with_name(out.name + ".work")
     data = compute_imatrix(args.model, spec, work, output=out, restart=args.restart, options=options,
                            quiet=getattr(args, "quiet", False) or as_json)
     payload = {"output": str(out), "work_dir": str(work), **data.to_dict()}

@@ -9,6 +9,7 @@ from pathlib import Path
 from aqrecipe.errors import ImatrixError
 from aqrecipe.formats.bounded import regular_file_size
 from aqrecipe.formats.fileio import atomic_output, atomic_path
+from aqrecipe.formats.paths import check_write_targets
 from aqrecipe.imatrix.dat_format import DEFAULT_CHUNK_SIZE, read_dat_imatrix, write_dat_imatrix
 from aqrecipe.imatrix.data import ImatrixData
 from aqrecipe.imatrix.gguf_format import read_gguf_imatrix, write_gguf_imatrix
@@ -72,8 +73,7 @@ def save_imatrix(data: ImatrixData, path: str | os.PathLike[str], *, fmt: str | 
 def convert_imatrix(src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
                     chunk_size: int | None = None) -> ImatrixData:
     """Convert between .dat and .gguf (formats from the suffixes)."""
-    if Path(src).resolve() == Path(dest).resolve():
-        raise ImatrixError("source and destination are the same file", hint="give another output name")
+    check_write_targets({"destination": Path(dest)}, {"source imatrix": Path(src)})  # the one output-path rule
     dest_format = format_for(dest)  # an unknown suffix is refused before reading anything
     data = load_imatrix(src, chunk_size=chunk_size)
     if dest_format == "dat" and len(data.datasets) > 1:
