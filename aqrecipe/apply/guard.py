@@ -139,18 +139,24 @@ def staged_output(dest: Path, work_dir: Path) -> Iterator[Path]:
             stale.unlink()
     remove_stale_temps(dest)
     staged = staging / dest.name
-    with staged_for(staged, dest):  # a full disk names the user's path, not the staging folder's
-        yield staged
-    reached("publish")
     try:
-        os.replace(staged, dest)
-        _fsync_folder(dest.parent)
-    except OSError as exc:
-        if exc.errno != errno.EXDEV:
-            raise
-        with atomic_path(dest) as tmp:  # another filesystem: copy, then rename beside dest
-            shutil.copyfile(staged, tmp)
-        staged.unlink()
+        with staged_for(staged, dest):  # a full disk names the user's path, not the staging folder's
+            yield staged
+        reached("publish")
+        try:
+            os.replace(staged, dest)
+            _fsync_folder(dest.parent)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            with atomic_path(dest) as tmp:  # another filesystem: copy, then rename beside dest
+                shutil.copyfile(staged, tmp)
+            staged.unlink()
+    except BaseException:
+        # an error, Ctrl-C or SIGTERM (cli.termination) before the output was published: the staged
+        # file is of no use to the next run, and the work folder's tidy-up only removes an empty staging
+        staged.unlink(missing_ok=True)
+        raise
     reached("done")
 
 

@@ -351,8 +351,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args)
+    from aqrecipe.cli.termination import EXIT_TERMINATED, Terminated, sigterm_as_interrupt
+
     try:
-        return args.func(args)
+        with sigterm_as_interrupt():  # SIGTERM unwinds through the same cleanup as Ctrl-C
+            return args.func(args)
     except AqrecipeError as exc:
         _print_error(exc, getattr(args, "json", False))
         return exc.exit_code
@@ -363,9 +366,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("unhandled OSError", exc_info=True)
         _print_error(_os_error(exc, getattr(args, "output", None)), getattr(args, "json", False))
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM as Terminated: staging files and the lock are gone
+        terminated = isinstance(exc, Terminated)
+        print("terminated (SIGTERM)" if terminated else "interrupted", file=sys.stderr)
+        return EXIT_TERMINATED if terminated else 130
 
 
 def _silence_stdout() -> None:
