@@ -38,13 +38,13 @@ KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 LIMITS: dict[str, int] = {
     "recipe": 1 * MiB,  # a page of YAML; the shipped recipes are under 4 KiB
     "plan": 256 * MiB,  # ~300 bytes per tensor: a 100,000-tensor MoE plan is ~30 MiB
-    "config": 16 * MiB,  # config.json, generation_config.json: a few KiB
-    "index": 64 * MiB,  # model.safetensors.index.json: ~100 bytes per tensor
+    "json": 128 * MiB,  # a model folder's JSON: config (KiBs), the safetensors index, tokenizer.json (~35 MiB at most)
     "imatrix": 4 * GiB,  # a .dat or GGUF imatrix of a 256-expert MoE is ~1.3 GiB
     "text": 256 * MiB,  # calibration / evaluation text: a run tokenizes a few MiB at most
     "cache": 256 * MiB,  # aqrecipe's own corpus cache (the built-in sample is ~10 MiB)
 }
 LIMIT_ENV = "AQRECIPE_READ_LIMIT_{kind}"  # e.g. AQRECIPE_READ_LIMIT_TEXT=2GiB raises the text limit
+_NOUNS = {"json": "a model folder's JSON files", "cache": "corpus caches"}  # default: "<kind> files"
 
 ErrorFactory = Callable[..., Exception]  # called as error(message, hint=...): an AqrecipeError class fits
 
@@ -91,7 +91,8 @@ def _refuse_special(path: Path, mode: int, what: str, error: ErrorFactory) -> No
 
 def _too_large(path: Path, size: str, kind: str, limit: int, what: str, error: ErrorFactory) -> Exception:
     env = LIMIT_ENV.format(kind=kind.upper())
-    return error(f"{what} {str(path)!r} {size}; {kind} files may have at most {limit} bytes ({human(limit)})",
+    noun = _NOUNS.get(kind, f"{kind} files")
+    return error(f"{what} {str(path)!r} {size}; {noun} may have at most {limit} bytes ({human(limit)})",
                  hint=f"check that this is the right file (real ones are far smaller); if it is, raise the "
                       f"limit with {env}=<bytes>")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from aqrecipe.errors import CorruptFileError, ModelError
+from aqrecipe.formats.bounded import read_text_bounded
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -17,7 +18,7 @@ _PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 def load_json(path: Path, *, hint: str) -> Any:
     """Parse a JSON file of a model folder; CorruptFileError (never a traceback) when it is not JSON."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_text_bounded(path, kind="json", what="model file", error=ModelError))
     except UnicodeDecodeError as exc:
         raise CorruptFileError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})", hint=hint) from None
     except json.JSONDecodeError as exc:
