@@ -124,6 +124,21 @@ BAD_CASES = [
     Bad("custom_tag.yaml",               "R013", 2, 8,    "python/object",      "$.model"),
     Bad("bad_output_format.yaml",        "R112", 4, 11,   "'onnx'",             "$.output.format"),
     Bad("not_utf8.yaml",                 "R003", 3, 18,   "e9"),
+    # issue 16, class 3: small inputs that would cost unbounded work
+    Bad("alias_bomb_list.yaml",          "R014", 7, 5,    "more than 10000 nodes", "$.x4[0]"),
+    Bad("alias_bomb_mapping.yaml",       "R014", 8, 7,    "billion laughs",     "$.quantization.m3.h"),
+    Bad("alias_bomb_merge.yaml",         "R014", 7, 5,    "anchor on line 7",   "$.b3.v5"),
+    Bad("alias_bomb_rules.yaml",         "R014", 10, 7,   "aliases",            "$.quantization.rules[4][0]"),
+    Bad("regex_backreference.yaml",      "R114", 6, 14,   "\\1",                "$.quantization.rules[0].match"),
+    Bad("regex_lookahead.yaml",          "R114", 6, 14,   "(?!",                "$.quantization.rules[0].match"),
+    Bad("regex_possessive.yaml",         "R114", 6, 14,   "++",                 "$.quantization.rules[0].match"),
+    Bad("huge_value.yaml",               "R112", 6, 11,   "'onnx-onnx-",        "$.output.format"),
+    # issue 16, class 4: numbers that are not finite, or out of range
+    Bad("nan_max_kld.yaml",              "R113", 8, 12,   "nan",                "$.planner.max_kld"),
+    Bad("inf_alpha.yaml",                "R113", 6, 10,   "inf",                "$.smoothquant.alpha"),
+    Bad("nan_in_list.yaml",              "R113", 7, 22,   "NaN",                "$.smoothquant.alpha_grid[1]"),
+    Bad("overflow_to_inf.yaml",          "R113", 7, 18,   "infinity",           "$.coherence.max_ppl_ratio"),
+    Bad("target_bpw_zero.yaml",          "R104", 5, 37,   "must be > 0 and <= 32", "$.planner.target_bpw"),
 ]
 
 

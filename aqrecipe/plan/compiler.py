@@ -15,7 +15,7 @@ from aqrecipe.errors import PlanError
 from aqrecipe.models.tensor_names import layer_of
 from aqrecipe.plan.mixtures import TensorContext, get_mixture, mixture_type
 from aqrecipe.plan.model import Plan, PlanEntry
-from aqrecipe.plan.rules import Rule, RuleSet, output_aliases, rule_reason
+from aqrecipe.plan.rules import Rule, RuleSet, output_aliases, rule_reason, unused_entry
 
 if TYPE_CHECKING:
     from aqrecipe.models import ModelSource
@@ -76,6 +76,7 @@ def compile_plan(
             n_params *= d
         if not is_quantizable(info.gguf_name, shape):
             requested, chosen_by = "F32", "not quantized (1-D or norm)"
+            ruleset.keep(info.gguf_name, info.hf_name)  # a rule naming only such tensors is told so
         else:
             aliases = output_aliases(info.gguf_name, has_output=has_output)  # a tied token_embd is the output
             rule = ruleset.match(info.gguf_name, info.hf_name, aliases=aliases)
@@ -110,7 +111,7 @@ def compile_plan(
         mixture=spec.mixture,
         file_type=spec.file_type(),
         entries=tuple(entries),
-        unused_rules=tuple(f"{r.origin} {r.pattern!r} -> {r.type}" for r in ruleset.unused()),
+        unused_rules=tuple(unused_entry(r, why) for r, why in ruleset.unused_reasons()),
         needs_imatrix=tuple(e.gguf_name for e in entries if e.type in NEEDS_IMATRIX),
         recipe_text=recipe_text,
         recipe_path=recipe_path,

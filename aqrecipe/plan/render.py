@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from aqrecipe.plan.model import Plan
+from aqrecipe.plan.rules import NO_MATCH, split_unused_entry
 
 
 def human_bytes(n: float) -> str:
@@ -57,8 +58,10 @@ def render_plan(plan: Plan, *, verbose: bool = True) -> str:
             f"not ternary: {len(not_ternary)} tensors whose rows are not a multiple of 256 weights "
             f"(e.g. {not_ternary[0].gguf_name}, row length {not_ternary[0].shape[-1]}) use {not_ternary[0].type}"
         )
-    for rule in plan.unused_rules:
-        lines.append(f"warning: rule matches no tensor: {rule}")
+    for entry in plan.unused_rules:
+        head, reason = split_unused_entry(entry)
+        lines.append(f"warning: rule {reason}: {head}" if reason == NO_MATCH
+                     else f"warning: rule chooses no tensor: {head} ({reason})")
     if plan.needs_imatrix:
         lines.append(f"note: {len(plan.needs_imatrix)} tensors use types that need an importance matrix")
     lines.append(

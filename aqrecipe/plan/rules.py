@@ -14,17 +14,135 @@ naming only the output and a rule naming token_embd both reach it, the output
 rule wins if both are of the same kind and from the same source (the recipe,
 ``--set``, ...), as llama.cpp's output type beats its token-embedding type for
 a tied tensor; exact > regex > glob and the order of sources still come first.
+
+Regexes: every ``re:`` pattern (recipe rules, ``--set``, validation) is compiled
+by :func:`compile_rule_regex` and matched by RE2 (the ``google-re2`` package), an
+engine whose time is linear in the name: a pattern such as ``^([a-z_.0-9]+)+!$``,
+which makes Python's backtracking ``re`` take exponential time, cannot hang a
+command. What rules are written with (classes, groups, alternation, anchors,
+repetition, ``(?i)``, ``\\Z``) means what it means in Python's ``re``; ``\\d \\w \\s
+\\b`` are ASCII, as tensor names are. A pattern Python's ``re`` rejects is
+invalid (R109); one RE2 cannot run (backreferences, lookaround, atomic groups,
+possessive quantifiers, repetition counts above 1000, a compiled program over
+:data:`REGEX_MEMORY` bytes) is refused naming the rule (R114).
+
+Unused rules: a rule that chooses no tensor is reported with the reason
+(:meth:`RuleSet.unused_reasons`): it matches nothing, it matches only tensors
+that stay F32, it duplicates an earlier rule, or rules that come first already
+take every tensor it matches.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import re2
 
 from aqrecipe.errors import PlanError
 
 _KIND_ORDER = {"exact": 0, "regex": 1, "glob": 2}
+_KIND_NAME = {"exact": "an exact name", "regex": "a regex", "glob": "a glob"}
+_KIND_PLURAL = {"exact": "exact names", "regex": "regexes", "glob": "globs"}
+
+REGEX_PREFIX = "re:"
+
+#: Bytes RE2 may use for one compiled pattern; a larger program is refused (R114), not built.
+REGEX_MEMORY = 8 << 20
+
+
+class RuleRegexError(PlanError):
+    """A ``re:`` pattern that is not a valid Python regex, or that the linear-time matcher cannot run.
+
+    ``unsupported`` tells the two apart (R114 vs R109); ``reason`` is the engine's
+    own words and ``position`` the offset Python's ``re`` gives, when it gives one.
+    """
+
+    def __init__(self, message: str, *, hint: str, reason: str, unsupported: bool,
+                 position: int | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
+        self.unsupported = unsupported
+        self.position = position
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str, *, unsupported: bool, position: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.unsupported, self.position = reason, unsupported, position
+
+
+def _re2_options() -> Any:
+    options = re2.Options()
+    options.log_errors = False  # a refused pattern is our error message, not a line on stderr
+    options.max_mem = REGEX_MEMORY
+    return options
+
+
+_OPTIONS = _re2_options()
+
+
+def _re2_syntax(body: str) -> str:
+    """Python-only spellings RE2 reads differently: ``\\Z`` (end of text) is RE2's ``\\z``.
+
+    Escapes are read in pairs, so ``\\\\Z`` (a backslash, then Z) stays as it is.
+    """
+    out, i = [], 0
+    while i < len(body):
+        pair = body[i:i + 2]
+        if body[i] == "\\":
+            out.append("\\z" if pair == "\\Z" else pair)
+            i += 2
+        else:
+            out.append(body[i])
+            i += 1
+    return "".join(out)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compiled(body: str) -> Any:
+    """The RE2 program of ``body`` (cached: rules are matched against every tensor name)."""
+    try:
+        re.compile(body)  # the user's syntax is Python's: its own errors come first, with a position
+    except re.error as exc:
+        raise _Refused(exc.msg, unsupported=False, position=exc.pos) from None
+    except (RecursionError, OverflowError, ValueError) as exc:  # nesting too deep, counts too large
+        raise _Refused(str(exc) or type(exc).__name__, unsupported=False) from None
+    try:
+        return re2.compile(_re2_syntax(body), _OPTIONS)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        raise _Refused(reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason),
+                       unsupported=True) from None
+
+
+def compile_rule_regex(body: str, rule: str = "rule") -> Any:
+    """The linear-time matcher of a ``re:`` pattern (``body``: without the prefix).
+
+    The result has ``search(name)`` and ``fullmatch(name)`` (None when there is no
+    match), as a compiled ``re`` pattern. ``rule`` names the rule in the error.
+
+    Raises:
+        RuleRegexError: ``body`` is not a Python regex, or RE2 cannot run it.
+    """
+    try:
+        return _compiled(body)
+    except _Refused as refused:
+        if refused.unsupported:
+            raise RuleRegexError(
+                f"{rule}: the regular expression {body!r} cannot be matched in linear time ({refused.reason})",
+                hint="rules are matched by RE2, which has no backreferences, lookaround ((?=, (?!, (?<=), "
+                     "atomic groups or possessive quantifiers and repeats at most 1000 times; rewrite the "
+                     "pattern without them (an alternation or a glob usually does it)",
+                reason=refused.reason, unsupported=True) from None
+        where = f" at position {refused.position}" if refused.position is not None else ""
+        raise RuleRegexError(f"{rule}: invalid regular expression {body!r}: {refused.reason}{where}",
+                             hint="write a Python regular expression after 're:'", reason=refused.reason,
+                             unsupported=False, position=refused.position) from None
 
 #: The output head's names (GGUF, Hugging Face); a tied token_embd answers to them too.
 OUTPUT_NAMES = ("output.weight", "lm_head.weight")
@@ -40,17 +158,19 @@ class Rule:
     origin: str  # "recipe rules[3]" or "--set" : shown in the plan
 
     def matches(self, *names: str) -> bool:
+        """Whether any of ``names`` matches (regexes: a search, as llama.cpp's ``--tensor-type``)."""
         if self.kind == "exact":
             return self.pattern in names
         if self.kind == "regex":
-            regex = re.compile(self.pattern[3:] if self.pattern.startswith("re:") else self.pattern)
-            return any(regex.search(n) for n in names)
+            body = self.pattern[len(REGEX_PREFIX):] if self.pattern.startswith(REGEX_PREFIX) else self.pattern
+            regex = compile_rule_regex(body, f"{self.origin} {self.pattern!r}")
+            return any(regex.search(n) is not None for n in names)
         return any(fnmatch.fnmatchcase(n, self.pattern) for n in names)
 
 
 def rule_kind(pattern: str) -> str:
     """Classify a pattern: ``re:`` prefix is a regex, ``*?[`` make a glob, else exact."""
-    if pattern.startswith("re:"):
+    if pattern.startswith(REGEX_PREFIX):
         return "regex"
     if any(c in pattern for c in "*?["):
         return "glob"
@@ -68,13 +188,16 @@ def _source(rule: Rule) -> str:
 
 
 class RuleSet:
-    """Rules in precedence order; remembers which ones matched something."""
+    """Rules in precedence order; remembers which ones matched something, and why others did not."""
 
     def __init__(self, rules: list[Rule]) -> None:
         # stable sort keeps list order within a kind
         self._rules = sorted(enumerate(rules), key=lambda ir: _KIND_ORDER[ir[1].kind])
+        self._rank = {i: rank for rank, (i, _) in enumerate(self._rules)}
         self._used: set[int] = set()
         self._all = list(rules)
+        self._seen: list[tuple[tuple[str, ...], int]] = []  # names of each tensor a rule chose, its rule
+        self._kept: list[tuple[str, str]] = []  # tensors rules do not apply to (1-D, norms)
 
     def match(self, gguf_name: str, hf_name: str, *, aliases: tuple[str, ...] = ()) -> Rule | None:
         """The winning rule for a tensor, or None.
@@ -92,11 +215,81 @@ class RuleSet:
         if found is None:
             return None
         self._used.add(found[0])
+        self._seen.append(((*names, *aliases), found[0]))
         return found[1]
+
+    def keep(self, gguf_name: str, hf_name: str) -> None:
+        """Note a tensor no rule applies to (it stays F32), so an unused rule that names it says so."""
+        self._kept.append((gguf_name, hf_name))
 
     def unused(self) -> list[Rule]:
         """Rules that matched no tensor, in the order they were written."""
         return [r for i, r in enumerate(self._all) if i not in self._used]
+
+    def unused_reasons(self) -> list[tuple[Rule, str | None]]:
+        """Each unused rule with why it chose nothing: None when it matches no tensor at all, else
+        "matches only tensors that stay F32 ...", "duplicate of ..." or "never reached: ..."."""
+        return [(r, self._reason(i, r)) for i, r in enumerate(self._all) if i not in self._used]
+
+    def _reason(self, index: int, rule: Rule) -> str | None:
+        earlier = [(i, r) for i, r in self._rules if self._rank[i] < self._rank[index]]
+        twin = next(((i, r) for i, r in earlier if r.pattern == rule.pattern and r.kind == rule.kind), None)
+        if twin is not None:
+            return f"duplicate of {twin[1].origin} {twin[1].pattern!r}, which comes first"
+        winners = sorted({w for names, w in self._seen if rule.matches(*names)}, key=self._rank.__getitem__)
+        if winners:
+            named = " and ".join(f"{self._all[w].origin} {self._all[w].pattern!r}{_precedence(w, index, self._all)}"
+                                 for w in winners[:3])
+            if len(winners) > 3:
+                named += f" and {len(winners) - 3} more"
+            verb = "matches" if len(winners) == 1 else "match"
+            return f"never reached: {named} already {verb} every tensor it matches"
+        kept = [g for g, h in self._kept if rule.matches(g, h)]
+        if kept:
+            return (f"matches only tensors that stay F32 (1-D weights and norms are not quantized), "
+                    f"e.g. {kept[0]}")
+        return None
+
+
+def _precedence(winner: int, loser: int, rules: Sequence[Rule]) -> str:
+    """Why ``rules[winner]`` comes before ``rules[loser]``: a kind that takes precedence, listed
+    above it, or (listed below, same kind) the output's rule on a tied token_embd (module doc)."""
+    w, r = rules[winner], rules[loser]
+    if w.kind != r.kind:
+        return f" ({_KIND_NAME[w.kind]}, which takes precedence over {_KIND_PLURAL[r.kind]})"
+    if winner < loser:
+        return " above"
+    return " (the output's rule, which wins on the tied token_embd.weight)"
+
+
+#: What :func:`unused_entry` records for a rule that matches no tensor at all.
+NO_MATCH = "matches no tensor"
+
+
+def unused_entry(rule: Rule, reason: str | None) -> str:
+    """The plan's line for an unused rule: ``rules[2] 'p' -> Q8_0``, then ``: REASON`` unless it matches
+    nothing (so plans whose rules all match something, or nothing, keep their bytes and hashes)."""
+    head = f"{rule.origin} {rule.pattern!r} -> {rule.type}"
+    return head if reason is None else f"{head}: {reason}"
+
+
+def split_unused_entry(entry: str) -> tuple[str, str]:
+    """``(head, reason)`` of an :func:`unused_entry` line; the reason is :data:`NO_MATCH` when none is given.
+
+    The pattern is a Python string literal: it is read to its closing quote, so
+    a pattern holding ``': '`` or ``' -> '`` does not confuse the split.
+    """
+    start = entry.find(" ") + 1
+    quote = entry[start:start + 1]
+    if quote not in ("'", '"'):
+        return entry, NO_MATCH
+    i = start + 1
+    while i < len(entry) and entry[i] != quote:
+        i += 2 if entry[i] == "\\" else 1
+    type_end = entry.find(": ", i + 1)
+    if type_end < 0:
+        return entry, NO_MATCH
+    return entry[:type_end], entry[type_end + 2:]
 
 
 def rule_reason(rule: Rule, gguf_name: str, hf_name: str) -> str:
@@ -108,11 +301,14 @@ def rule_reason(rule: Rule, gguf_name: str, hf_name: str) -> str:
 
 
 def parse_set_option(text: str) -> Rule:
-    """Parse a CLI ``--set PATTERN=TYPE`` into a rule (the type is checked later)."""
+    """Parse a CLI ``--set PATTERN=TYPE`` into a rule (the type is checked later, a regex at once)."""
     pattern, sep, type_name = text.rpartition("=")
     if not sep or not pattern or not type_name:
         raise PlanError(
             f"--set expects PATTERN=TYPE, got {text!r}",
             hint="for example --set 'blk.*.ffn_down.weight=Q6_K'",
         )
-    return Rule(pattern=pattern, type=type_name.strip().upper(), kind=rule_kind(pattern), origin="--set")
+    kind = rule_kind(pattern)
+    if kind == "regex":
+        compile_rule_regex(pattern[len(REGEX_PREFIX):], f"--set {pattern!r}")
+    return Rule(pattern=pattern, type=type_name.strip().upper(), kind=kind, origin="--set")

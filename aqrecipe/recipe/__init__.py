@@ -23,6 +23,7 @@ R010   YAML syntax error
 R011   tab character used for indentation
 R012   duplicate key
 R013   YAML feature not allowed (custom tag, non-string key, recursive alias)
+R014   YAML aliases or merge keys expand beyond the limit (an alias bomb)
 R020   recipe is empty
 R021   recipe is not a mapping
 R101   unknown key
@@ -37,6 +38,8 @@ R109   invalid regular expression in a ``re:`` rule
 R110   empty rules entry or empty match pattern
 R111   quantization has neither mixture nor default
 R112   value not allowed (other enumerations / schema violations)
+R113   number is not finite (NaN or infinity)
+R114   regular expression the linear-time matcher cannot run (backreference, lookaround, ...)
 R201   rule matches no tensor (model-aware; the compiler builds it with ``issue_at``)
 R202   model not found (model-aware; the compiler builds it with ``issue_at``)
 R203   imatrix file not found (``validate``, via aqrecipe.apply.preflight)

@@ -12,6 +12,7 @@ R010   YAML syntax error (position from the parser)
 R011   tab character used for indentation
 R012   duplicate key in a mapping
 R013   YAML feature not allowed in a recipe (custom tag, non-string key, recursive alias)
+R014   YAML aliases or merge keys expand beyond the limit (an alias bomb)
 R020   recipe is empty
 R021   recipe is not a mapping at the top level
 R101   unknown key (the allowed siblings are listed)
@@ -26,6 +27,8 @@ R109   invalid regular expression in a ``re:`` rule
 R110   empty rules entry or empty match pattern
 R111   quantization has neither ``mixture`` nor ``default``
 R112   value not allowed (other enumerations, other schema violations)
+R113   number is not finite (NaN or infinity)
+R114   regular expression not supported by the linear-time matcher (backreference, lookaround, ...)
 R201   rule matches no tensor of the model (model-aware; raised by the compiler)
 R202   model not found (model-aware; raised by the compiler)
 R203   imatrix file not found (``validate``; aqrecipe/preflight.py)
@@ -43,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aqrecipe.errors import RecipeError
+from aqrecipe.recipe.excerpt import json_excerpt
 
 FILE_NOT_FOUND = "R001"
 FILE_UNREADABLE = "R002"
@@ -51,6 +55,7 @@ YAML_SYNTAX = "R010"
 TAB_INDENT = "R011"
 DUPLICATE_KEY = "R012"
 YAML_UNSUPPORTED = "R013"
+ALIAS_EXPANSION = "R014"
 EMPTY = "R020"
 NOT_MAPPING = "R021"
 UNKNOWN_KEY = "R101"
@@ -65,6 +70,8 @@ BAD_REGEX = "R109"
 EMPTY_RULE = "R110"
 NO_MIXTURE_OR_DEFAULT = "R111"
 NOT_ALLOWED = "R112"
+NOT_FINITE = "R113"
+REGEX_UNSUPPORTED = "R114"
 RULE_MATCHES_NOTHING = "R201"
 MODEL_NOT_FOUND = "R202"
 IMATRIX_FILE_NOT_FOUND = "R203"
@@ -80,6 +87,7 @@ CODES: dict[str, str] = {
     TAB_INDENT: "tab character used for indentation",
     DUPLICATE_KEY: "duplicate key",
     YAML_UNSUPPORTED: "YAML feature not allowed in a recipe",
+    ALIAS_EXPANSION: "YAML aliases expand beyond the limit",
     EMPTY: "recipe is empty",
     NOT_MAPPING: "recipe is not a mapping",
     UNKNOWN_KEY: "unknown key",
@@ -94,6 +102,8 @@ CODES: dict[str, str] = {
     EMPTY_RULE: "empty rules entry or pattern",
     NO_MIXTURE_OR_DEFAULT: "quantization has neither mixture nor default",
     NOT_ALLOWED: "value not allowed",
+    NOT_FINITE: "number is not finite",
+    REGEX_UNSUPPORTED: "regular expression not supported by the matcher",
     RULE_MATCHES_NOTHING: "rule matches no tensor",
     MODEL_NOT_FOUND: "model not found",
     IMATRIX_FILE_NOT_FOUND: "imatrix file not found",
@@ -142,7 +152,7 @@ class RecipeIssue:
             "column": self.column,
             "json_path": self.json_path,
             "message": self.message,
-            "value": json_safe(self.value),
+            "value": json_excerpt(self.value),
             "allowed": allowed,
             "suggestion": self.suggestion,
             "source": self.source,

@@ -9,6 +9,7 @@ from typing import Any
 from aqrecipe.errors import RecipeError
 from aqrecipe.formats.bounded import human, limit_for, read_bounded
 from aqrecipe.recipe import issues as codes
+from aqrecipe.recipe.excerpt import short_repr
 from aqrecipe.recipe.issues import RecipeIssue, recipe_error, sort_issues
 from aqrecipe.recipe.model import Recipe, build_recipe
 from aqrecipe.recipe.sections import build_sections
@@ -76,7 +77,7 @@ def validate_data(data: Any) -> list[RecipeIssue]:
 def _check(data: Any, positions: PositionIndex) -> list[RecipeIssue]:
     if not isinstance(data, dict):
         pos = positions.value_position(()) or (None, None)
-        shown = f" {data!r}" if isinstance(data, (str, int, float)) else ""
+        shown = f" {short_repr(data)}" if isinstance(data, (str, int, float)) else ""
         return [RecipeIssue(codes.NOT_MAPPING, *pos, "$",
                             f"recipe must be a mapping of keys, got {describe_type(data)}{shown}",
                             value=data, allowed="a mapping starting with 'version: 1'")]

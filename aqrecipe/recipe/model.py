@@ -8,7 +8,6 @@ part in equality, so a recipe read back from its own dump compares equal.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -63,9 +62,14 @@ class TensorRule:
         return REGEX_PREFIX + self.pattern if self.kind == "regex" else self.pattern
 
     @property
-    def regex(self) -> re.Pattern[str] | None:
-        """The compiled regex of a ``regex`` rule (``re`` caches compilations), else None."""
-        return re.compile(self.pattern) if self.kind == "regex" else None
+    def regex(self) -> Any:
+        """The linear-time matcher of a ``regex`` rule (``search``/``fullmatch`` as a compiled ``re``
+        pattern; :func:`aqrecipe.plan.rules.compile_rule_regex`, cached), else None."""
+        if self.kind != "regex":
+            return None
+        from aqrecipe.plan.rules import compile_rule_regex  # the one matcher; imported only when asked
+
+        return compile_rule_regex(self.pattern, f"rules[{self.index}] {self.match_text!r}")
 
     @property
     def json_path(self) -> str:

@@ -4,6 +4,13 @@ The text is composed into PyYAML's node tree with the SafeLoader; Python data is
 built from it here (scalars through the SafeConstructor, so tags beyond the safe
 set are refused), which lets us report duplicate keys, non-string keys and
 recursive aliases as issues instead of silently accepting them.
+
+Aliases share one built object, as in ``safe_load``, but everything downstream
+(the schema validator, messages, dumps) walks the data as a tree, so a few lines
+of nested aliases ("billion laughs") would cost work exponential in their count.
+The builder therefore counts the nodes every alias and merge key adds to that
+tree and refuses a recipe above :data:`ALIAS_NODE_LIMIT` (R014): the data it
+returns is at most the file's own nodes plus that many.
 """
 
 from __future__ import annotations
@@ -16,11 +23,19 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from aqrecipe.recipe import issues as codes
+from aqrecipe.recipe.excerpt import short_repr
 from aqrecipe.recipe.issues import RecipeIssue
 from aqrecipe.recipe.paths import Key, format_path
 
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_VALUE_TAG = "tag:yaml.org,2002:value"
+_STR_TAG = "tag:yaml.org,2002:str"
+
+#: Nodes that aliases and merge keys may add to a recipe's tree, beyond the ones written out.
+#: Real recipes reuse a few small blocks (tens to hundreds of nodes); an alias bomb adds billions.
+ALIAS_NODE_LIMIT = 10_000
 
 
 def _mark(mark: Any) -> tuple[int, int]:
@@ -32,6 +47,17 @@ class PositionIndex:
     """Finds the YAML position of a JSON path in a composed document (lazily, no copies)."""
 
     root: Node | None
+    # per mapping node: key text -> (key node, value node); built on first use so that
+    # thousands of issues in one wide mapping cost one pass over it, not one each
+    _keyed: dict[int, dict[str, tuple[Node, Node]]] = field(default_factory=dict, repr=False)
+
+    def _pairs(self, node: MappingNode) -> dict[str, tuple[Node, Node]]:
+        keyed = self._keyed.get(id(node))
+        if keyed is None:
+            # last occurrence wins, as in the constructed dict (and after merges)
+            keyed = {k.value: (k, v) for k, v in node.value if isinstance(k, ScalarNode)}
+            self._keyed[id(node)] = keyed
+        return keyed
 
     def _walk(self, keys: Sequence[Key]) -> tuple[Node | None, Node | None, int]:
         """(value node, key node of the last step, number of keys resolved)."""
@@ -39,11 +65,9 @@ class PositionIndex:
         for depth, key in enumerate(keys):
             nxt = None
             if isinstance(node, MappingNode):
-                # last occurrence wins, as in the constructed dict (and after merges)
-                for k, v in reversed(node.value):
-                    if isinstance(k, ScalarNode) and k.value == str(key):
-                        nxt, key_node = v, k
-                        break
+                found = self._pairs(node).get(str(key))
+                if found is not None:
+                    key_node, nxt = found
             elif isinstance(node, SequenceNode) and isinstance(key, int) and 0 <= key < len(node.value):
                 nxt, key_node = node.value[key], None
             if nxt is None:
@@ -104,6 +128,8 @@ def parse_yaml(text: str) -> ParsedYaml:
     except RecursionError:
         builder.issues.append(RecipeIssue(codes.YAML_SYNTAX, None, None, "$", "YAML nesting is too deep"))
         data = None
+    except _AliasBomb as bomb:  # nothing built is kept: the issue alone says what to fix
+        return ParsedYaml(None, PositionIndex(None), [bomb.issue])
     finally:
         loader.dispose()
     return ParsedYaml(data, PositionIndex(root), builder.issues, builder.refused)
@@ -167,23 +193,50 @@ def _reader_issue(exc: yaml.YAMLError, text: str) -> RecipeIssue:
     )
 
 
+class _AliasBomb(Exception):
+    """Aliases expanded past :data:`ALIAS_NODE_LIMIT`; carries the R014 issue."""
+
+    def __init__(self, issue: RecipeIssue) -> None:
+        super().__init__(issue.message)
+        self.issue = issue
+
+
 class _Builder:
     """Node tree -> dict/list/scalars, collecting duplicate keys and refused YAML features."""
 
-    def __init__(self, loader: yaml.SafeLoader) -> None:
+    def __init__(self, loader: yaml.SafeLoader, alias_limit: int | None = None) -> None:
         self.loader = loader
         self.issues: list[RecipeIssue] = []
         self.refused: list[str] = []
         self.active: set[int] = set()  # ids of collections being built: detects recursive aliases
         self.done: dict[int, Any] = {}  # aliases share one object, as in safe_load
+        self.size: dict[int, int] = {}  # id of a built collection -> nodes of its tree (aliases expanded)
+        self.flattening: set[int] = set()  # mappings whose merge keys are being resolved
+        self.alias_limit = ALIAS_NODE_LIMIT if alias_limit is None else alias_limit
+        self.alias_nodes = 0  # nodes aliases and merge keys added to the tree so far
 
     def _issue(self, code: str, node: Node, path: list[Key], message: str, value: Any = None,
                allowed: Any = None) -> None:
         line, column = _mark(node.start_mark)
         self.issues.append(RecipeIssue(code, line, column, format_path(path), message, value, allowed))
 
+    def _charge(self, nodes: int, anchor: Node, path: list[Key]) -> None:
+        """Count ``nodes`` more in the tree (an alias of ``anchor`` used at ``path``); refuse past the limit."""
+        self.alias_nodes += nodes
+        if self.alias_nodes <= self.alias_limit:
+            return
+        line, column = _mark(anchor.start_mark)
+        raise _AliasBomb(RecipeIssue(
+            codes.ALIAS_EXPANSION, line, column, format_path(path),
+            f"YAML aliases and merge keys expand this recipe by more than {self.alias_limit} nodes "
+            f"(at {format_path(path)}, the anchor on line {line} adds {nodes} more); nested aliases "
+            "grow exponentially (a 'billion laughs' document)",
+            allowed="write the values out, or alias only small blocks",
+        ))
+
     def build(self, node: Node, path: list[Key]) -> Any:
-        if id(node) in self.done:
+        if id(node) in self.done:  # an alias: the same object again, one more copy of its tree
+            self._charge(self.size[id(node)], node, path)
             return self.done[id(node)]
         if id(node) in self.active:
             self.refused.append(format_path(path))
@@ -200,13 +253,18 @@ class _Builder:
         self.done[id(node)] = result
         return result
 
+    def _tree_size(self, nodes: Sequence[Node]) -> int:
+        """Nodes of the trees under ``nodes``, once they are built (a scalar counts 1)."""
+        return sum(self.size.get(id(n), 1) for n in nodes)
+
     def _scalar(self, node: ScalarNode, path: list[Key]) -> Any:
         try:
             return self.loader.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
             problem = getattr(exc, "problem", None) or str(exc)
             self.refused.append(format_path(path))
-            self._issue(codes.YAML_UNSUPPORTED, node, path, f"YAML value {node.value!r} cannot be read: {problem}",
+            self._issue(codes.YAML_UNSUPPORTED, node, path,
+                        f"YAML value {short_repr(node.value)} cannot be read: {problem}",
                         value=node.value, allowed="plain strings, numbers, booleans and null")
             return node.value
 
@@ -214,20 +272,19 @@ class _Builder:
         if node.tag != expected:
             self.refused.append(format_path(path))
             tag = node.tag.replace("tag:yaml.org,2002:", "!!", 1)
-            self._issue(codes.YAML_UNSUPPORTED, node, path, f"YAML tag {tag!r} is not allowed in a recipe",
+            self._issue(codes.YAML_UNSUPPORTED, node, path, f"YAML tag {short_repr(tag)} is not allowed in a recipe",
                         value=tag, allowed="plain mappings and lists (no tags)")
 
     def _sequence(self, node: SequenceNode, path: list[Key]) -> list[Any]:
         self._check_tag(node, path, _SEQ_TAG)
-        return [self.build(item, path + [i]) for i, item in enumerate(node.value)]
+        result = [self.build(item, path + [i]) for i, item in enumerate(node.value)]
+        self.size[id(node)] = 1 + self._tree_size(node.value)
+        return result
 
     def _mapping(self, node: MappingNode, path: list[Key]) -> dict[str, Any]:
         self._check_tag(node, path, _MAP_TAG)
         self._report_duplicates(node, path)
-        try:
-            self.loader.flatten_mapping(node)  # YAML merge keys ("<<: *base")
-        except yaml.YAMLError as exc:
-            self._issue(codes.YAML_UNSUPPORTED, node, path, f"bad YAML merge key: {getattr(exc, 'problem', exc)}")
+        self._flatten(node, path)  # YAML merge keys ("<<: *base")
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, ScalarNode):
@@ -237,17 +294,68 @@ class _Builder:
             # keys are compared by their text: "1:" or "yes:" become the keys "1" / "yes"
             key = key_node.value
             result[key] = self.build(value_node, path + [key])
+        self.size[id(node)] = 1 + len(node.value) + self._tree_size([v for _, v in node.value])
         return result
+
+    def _flatten(self, node: MappingNode, path: list[Key]) -> None:
+        """Resolve merge keys in place with ``safe_load``'s precedence, one pair per key.
+
+        Keys written in the mapping win over merged ones, and among ``<<: [*a, *b]``
+        the first mapping that has a key wins, as YAML's merge rule says. Keys are
+        compared by their text (PyYAML's ``flatten_mapping`` compares key objects, so
+        equal keys from different mappings pile up, and a merged mapping can bring a
+        key's merged value instead of its own); each key is taken once and each pair
+        merged in is charged to the alias budget (its value when it is built).
+        """
+        if not any(k.tag == _MERGE_TAG for k, _ in node.value) or id(node) in self.flattening:
+            return
+        self.flattening.add(id(node))
+        try:
+            written = [(k, v) for k, v in node.value if k.tag != _MERGE_TAG]
+            taken = {k.value for k, _ in written if isinstance(k, ScalarNode)}
+            merged: list[tuple[Node, Node]] = []
+            for key_node, value_node in node.value:
+                if key_node.tag != _MERGE_TAG:
+                    continue
+                sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+                for source in sources:
+                    if not isinstance(source, MappingNode):
+                        self._issue(codes.YAML_UNSUPPORTED, source, path,
+                                    "bad YAML merge key: expected a mapping or a list of mappings to merge",
+                                    allowed="'<<: *anchor' where the anchor is a mapping")
+                        continue
+                    if id(source) in self.flattening:
+                        self.refused.append(format_path(path))
+                        self._issue(codes.YAML_UNSUPPORTED, source, path,
+                                    "recursive YAML merge (a mapping that merges itself)",
+                                    allowed="repeat the content instead of merging an enclosing mapping")
+                        continue
+                    self._flatten(source, path)
+                    for k, v in source.value:
+                        key = k.value if isinstance(k, ScalarNode) else None
+                        if key is not None and key in taken:
+                            continue
+                        if key is not None:
+                            taken.add(key)
+                        self._charge(1, source, path + ([key] if key is not None else []))
+                        merged.append((k, v))
+            for k, _ in written:
+                if k.tag == _VALUE_TAG:  # the "=" key, read as a string as safe_load does
+                    k.tag = _STR_TAG
+            node.value = merged + written
+        finally:
+            self.flattening.discard(id(node))
 
     def _report_duplicates(self, node: MappingNode, path: list[Key]) -> None:
         first_line: dict[str, int] = {}
         for key_node, _ in node.value:
-            if not isinstance(key_node, ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            if not isinstance(key_node, ScalarNode) or key_node.tag == _MERGE_TAG:
                 continue
             line = key_node.start_mark.line + 1
             if key_node.value in first_line:
                 self._issue(codes.DUPLICATE_KEY, key_node, path + [key_node.value],
-                            f"duplicate key {key_node.value!r} (first defined on line {first_line[key_node.value]})",
+                            f"duplicate key {short_repr(key_node.value)} (first defined on line "
+                            f"{first_line[key_node.value]})",
                             value=key_node.value, allowed="each key once per mapping; the last one would win")
             else:
                 first_line[key_node.value] = line
