@@ -26,7 +26,7 @@ from aqrecipe.evaluate import evaluate
 from aqrecipe.evaluate.coherence import CoherenceSpec, check_coherence, is_ultra_low
 from aqrecipe.evaluate.reference import reference_gguf
 from aqrecipe.models.files import check_tokenizer_files
-from aqrecipe.plan.model import checked_source
+from aqrecipe.plan.model import checked_source, plan_source
 from aqrecipe.optional import EXTRAS, require_or_skip
 from aqrecipe.output.plan_gguf import write_plan_gguf
 from aqrecipe.plan import Plan
@@ -179,7 +179,7 @@ def run_coherence(plan: Plan, recipe: Recipe | None, dest: Path) -> dict[str, An
         for module in ("llama_cpp", "gensim"):
             if require_or_skip(module, "the automatic coherence check of this ultra-low-bit file") is None:
                 return {"skipped": f"{EXTRAS[module][0]} is not installed", "passed": None, "strict": spec.strict}
-    verdict = check_coherence(dest, reference_gguf(plan.model_path), spec)
+    verdict = check_coherence(dest, reference_gguf(plan_source(plan)), spec)
     data = {**verdict.to_dict(), "strict": spec.strict}
     if not verdict.passed:
         suggestion = suggest_dynamic_recipe(plan, recipe)
@@ -195,7 +195,7 @@ def run_coherence(plan: Plan, recipe: Recipe | None, dest: Path) -> dict[str, An
 
 def evaluate_output(plan: Plan, dest: Path, eval_spec: EvaluationSpec | None, recipe: Recipe | None) -> dict[str, Any]:
     """Quality of the written GGUF against the unquantized model (F16 GGUF reference in llama.cpp)."""
-    reference = reference_gguf(plan.model_path)
+    reference = reference_gguf(plan_source(plan))
     text = None
     if eval_spec is not None and eval_spec.text:
         text = recipe.resolve_path(eval_spec.text) if recipe is not None else Path(eval_spec.text)

@@ -41,12 +41,12 @@ def protect_super_weights(
 ) -> None:
     """Detect super weights and add protection rules / imatrix boost (recipe ``super_weights``)."""
     from aqrecipe.importance import analyze_importance, protect_plan, save_importance
-    from aqrecipe.models import open_model
+    from aqrecipe.plan.model import plan_source
 
     section = recipe.section("super_weights")
     if not section.enabled:
         return
-    found = analyze_importance(open_model(plan.model_path), section.detect, imatrix=imatrix)
+    found = analyze_importance(plan_source(plan), section.detect, imatrix=imatrix)
     work_dir.mkdir(parents=True, exist_ok=True)
     save_importance(found, work_dir / "importance.json")
     from aqrecipe.plan.from_recipe import recipe_rules

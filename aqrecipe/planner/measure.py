@@ -197,7 +197,15 @@ class _Measuring:
         return out
 
     def kld_wanted(self, tensors: list[TensorMeasurement]) -> dict[str, list[str]]:
-        """The (tensor, types) to measure the KLD of: all of them, or a spread subset."""
+        """The (tensor, types) to measure the KLD of: all of them, or a spread subset.
+
+        None for GGUF input unless the measurement is KLD-only: the probes run the transformers
+        model, which only an HF folder has; the proxy then ranks the options uncalibrated.
+        """
+        if self.source.hf_folder is None and self.spec.type != "kld":
+            log.warning("planner: %s is a GGUF file, so the weight-error proxy ranks the types uncalibrated "
+                        "(the KLD probes that calibrate it run the Hugging Face model)", self.source.path)
+            return {}
         if self.spec.type == "kld":
             return {t.gguf_name: [o.type for o in t.options] for t in tensors}
         return kld_subset(tensors, self.spec.calibrate_tensors)
