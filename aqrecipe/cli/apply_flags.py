@@ -9,6 +9,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from aqrecipe.cli.numbers import finite_float
+
 if TYPE_CHECKING:
     from aqrecipe.apply.options import ApplyOptions, ApplyResult
     from aqrecipe.plan import Rule
@@ -30,7 +32,8 @@ def add_quantize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="PATTERN=TYPE", help="per-tensor override")
     p.add_argument("--emit-recipe", action="store_true", help="print the equivalent recipe and exit")
     p.add_argument("--protect-super-weights", action="store_true", help="find super weights, keep their tensors at Q8_0")
-    p.add_argument("--target-bpw", type=float, metavar="BPW", help="let the planner choose per-tensor types for this size")
+    p.add_argument("--target-bpw", type=finite_float(0, 32, low_open=True, unit="bits per weight"), metavar="BPW",
+                   help="let the planner choose per-tensor types for this size (> 0 and <= 32, as planner.target_bpw)")
     add_run_flags(p)
 
 

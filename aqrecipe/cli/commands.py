@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from aqrecipe import __version__
+from aqrecipe.cli.terminal import PrintableFormatter, printable
 from aqrecipe.errors import EXIT_FAILURE, EXIT_OK, EXIT_USER_ERROR, AqrecipeError, RecipeError
 from aqrecipe.recipe.issues import recipe_error
 
@@ -28,7 +29,7 @@ log = logging.getLogger("aqrecipe")
 
 
 def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
-    print(json.dumps(data, indent=1, sort_keys=True) if args.json else text)
+    print(json.dumps(data, indent=1, sort_keys=True) if args.json else printable(text))
 
 
 def _set_rules(args: argparse.Namespace) -> list:
@@ -40,16 +41,20 @@ def _set_rules(args: argparse.Namespace) -> list:
 # --- validate / compile ---------------------------------------------------------
 def _model_issues(recipe: Recipe, plan: Plan) -> list:
     """Model-aware recipe problems (rules that match nothing) as positioned issues."""
+    from aqrecipe.plan.rules import NO_MATCH, split_unused_entry
+
     issues = []
     for text in plan.unused_rules:
         if text.startswith("rules["):
             index = int(text[len("rules[") : text.index("]")])
             rule = recipe.quantization.rules[index]
+            reason = split_unused_entry(text)[1]  # matches nothing, only F32 tensors, a duplicate, shadowed
             issues.append(
                 recipe.issue_at(
                     f"$.quantization.rules[{index}].match",
                     "R201",
-                    f"rule {rule.match_text!r} matches no tensor of the model",
+                    f"rule {rule.match_text!r} " + ("matches no tensor of the model" if reason == NO_MATCH
+                                                    else f"chooses no tensor: {reason}"),
                     value=rule.match_text,
                     allowed="a GGUF name such as blk.0.attn_v.weight or an HF name; see `aqrecipe compile`",
                 )
@@ -123,9 +128,9 @@ def _exit_code(result: ApplyResult) -> int:
     """
     codes = [EXIT_OK]
     for failure in result.extra.get("evaluation_failed", ()):
-        print(f"error[{failure['code']}]: {failure['stage']} failed: {failure['message']}", file=sys.stderr)
+        print(printable(f"error[{failure['code']}]: {failure['stage']} failed: {failure['message']}"), file=sys.stderr)
         if failure.get("hint"):
-            print(f"  hint: {failure['hint']}", file=sys.stderr)
+            print(printable(f"  hint: {failure['hint']}"), file=sys.stderr)
         codes.append(failure["exit_code"])
     coherence = result.extra.get("coherence")
     if coherence and coherence.get("strict") and coherence.get("passed") is False:
@@ -309,18 +314,32 @@ def _configure_logging(args: argparse.Namespace) -> None:
     if getattr(args, "verbose", False):
         level = logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+    for handler in logging.getLogger().handlers:  # log records quote tensor names and paths too
+        handler.setFormatter(PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
 
 
 def _print_error(exc: AqrecipeError, as_json: bool) -> None:
-    if as_json:
-        payload: dict[str, Any] = {"error": {"code": exc.code, "type": type(exc).__name__, "message": exc.message, "hint": exc.hint}}
-        if isinstance(exc, RecipeError):
-            payload["error"]["issues"] = [i.to_dict() for i in exc.issues]
-        print(json.dumps(payload, indent=1, sort_keys=True))
-        return
-    print(f"error[{exc.code}]: {exc.message}", file=sys.stderr)  # a RecipeError's message lists its issues
-    if exc.hint:
-        print(f"  hint: {exc.hint}", file=sys.stderr)
+    """The error as one JSON document on stdout, or as text (control characters escaped) on stderr.
+
+    It runs after the command, outside main's broken-pipe guard, so it has its own:
+    ``aqrecipe ... --json | head`` that closed the pipe ends quietly, not in a traceback.
+    """
+    try:
+        if as_json:
+            payload: dict[str, Any] = {"error": {"code": exc.code, "type": type(exc).__name__,
+                                                 "message": exc.message, "hint": exc.hint}}
+            if isinstance(exc, RecipeError):
+                payload["error"]["issues"] = [i.to_dict() for i in exc.issues]
+            print(json.dumps(payload, indent=1, sort_keys=True), flush=True)
+            return
+        print(printable(f"error[{exc.code}]: {exc.message}"), file=sys.stderr)  # a RecipeError's lists its issues
+        if exc.hint:
+            print(printable(f"  hint: {exc.hint}"), file=sys.stderr)
+        sys.stderr.flush()
+    except BrokenPipeError:  # the reader left (stdout, or stderr under 2>&1): nothing more can be said
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            os.dup2(devnull, stream.fileno())  # so the interpreter's final flush does not fail again
 
 
 def _os_error(exc: OSError, output: str | None) -> AqrecipeError:

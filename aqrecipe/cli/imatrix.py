@@ -7,6 +7,7 @@ import json
 import logging
 from pathlib import Path
 
+from aqrecipe.cli.terminal import printable
 from aqrecipe.errors import EXIT_OK
 
 log = logging.getLogger(__name__)
@@ -66,14 +67,14 @@ def run_imatrix_command(args: argparse.Namespace) -> int:
         from aqrecipe.imatrix.show import summarize_imatrix
 
         data, text = summarize_imatrix(load_imatrix(args.path, chunk_size=args.chunk_size))
-        print(json.dumps(data, indent=1, sort_keys=True) if as_json else text)
+        print(json.dumps(data, indent=1, sort_keys=True) if as_json else printable(text))  # names from the file
         return EXIT_OK
     if action == "convert":
         from aqrecipe.imatrix.io import convert_imatrix
 
         data = convert_imatrix(args.src, args.dest, chunk_size=args.chunk_size)
         payload = {"src": args.src, "dest": args.dest, "entries": len(data)}
-        print(json.dumps(payload) if as_json else f"wrote {args.dest} ({len(data)} tensors)")
+        print(json.dumps(payload) if as_json else printable(f"wrote {args.dest} ({len(data)} tensors)"))
         return EXIT_OK
     return _compute(args, as_json)
 
@@ -105,5 +106,5 @@ def _compute(args: argparse.Namespace, as_json: bool) -> int:
     payload.pop("entries")
     payload["n_entries"] = len(data)
     print(json.dumps(payload, indent=1, sort_keys=True) if as_json else
-          f"wrote {out}: {len(data)} tensors, {data.chunk_count} x {data.chunk_size} tokens")
+          printable(f"wrote {out}: {len(data)} tensors, {data.chunk_count} x {data.chunk_size} tokens"))
     return EXIT_OK

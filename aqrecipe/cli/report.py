@@ -11,6 +11,7 @@ import json
 import logging
 from pathlib import Path
 
+from aqrecipe.cli.terminal import printable
 from aqrecipe.errors import EXIT_OK
 
 log = logging.getLogger(__name__)
@@ -47,5 +48,6 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         plot_importance(obj, args.plot)
         summary["plot"] = str(args.plot)
-    print(json.dumps(summary, indent=1, sort_keys=True) if args.json else text, end="" if not args.json else "\n")
+    print(json.dumps(summary, indent=1, sort_keys=True) if args.json else printable(text),
+          end="" if not args.json else "\n")
     return EXIT_OK
