@@ -27,7 +27,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from aqrecipe.errors import AqrecipeError
 
@@ -43,6 +43,7 @@ LIMITS: dict[str, int] = {
     "text": 256 * MiB,  # calibration / evaluation text: a run tokenizes a few MiB at most
     "cache": 256 * MiB,  # aqrecipe's own corpus cache (the built-in sample is ~10 MiB)
 }
+_CHUNK = 1 << 20  # reading on past a file's stated size: 1 MiB at a time
 LIMIT_ENV = "AQRECIPE_READ_LIMIT_{kind}"  # e.g. AQRECIPE_READ_LIMIT_TEXT=2GiB raises the text limit
 _NOUNS = {"json": "a model folder's JSON files", "cache": "corpus caches"}  # default: "<kind> files"
 
@@ -84,7 +85,8 @@ def human(n: int) -> str:
 def _refuse_special(path: Path, mode: int, what: str, error: ErrorFactory) -> None:
     kind = special_kind(mode)
     if kind is not None:
-        raise error(f"{what} {str(path)!r} is {kind}, not a regular file",
+        plain = "a file" if kind == "a folder" else "a regular file"
+        raise error(f"{what} {str(path)!r} is {kind}, not {plain}",
                     hint="pass the path of a regular file (aqrecipe does not read folders, devices, pipes or "
                          "sockets as files; save the data to a file first)")
 
@@ -132,7 +134,7 @@ def read_bounded(path: str | os.PathLike[str], *, kind: str, what: str, error: E
         os.set_blocking(fd, True)
         with os.fdopen(fd, "rb") as fh:
             fd = -1  # the file object closes it now
-            data = fh.read(limit + 1)
+            data = _read_at_most(fh, st.st_size, limit)
     finally:
         if fd >= 0:
             os.close(fd)
@@ -140,6 +142,26 @@ def read_bounded(path: str | os.PathLike[str], *, kind: str, what: str, error: E
         raise _too_large(p, f"holds more than {limit} bytes although its size says {st.st_size} (a /proc file, or "
                             "one still being written)", kind, limit, what, error)
     return data
+
+
+def _read_at_most(fh: BinaryIO, size: int, limit: int) -> bytes:
+    """Up to ``limit + 1`` bytes of ``fh``, allocating no more than the file holds.
+
+    ``read(n)`` allocates ``n`` bytes up front, so the first read asks for the stated size
+    (+ 1, to see whether there is more); only a file longer than its size said (``/proc``, a
+    file being written) is read on, in chunks, until it ends or passes the limit.
+    """
+    data = fh.read(min(size, limit) + 1)
+    if len(data) <= size:
+        return data
+    parts, total = [data], len(data)
+    while total <= limit:
+        chunk = fh.read(min(_CHUNK, limit + 1 - total))
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+    return b"".join(parts)
 
 
 def read_text_bounded(path: str | os.PathLike[str], *, kind: str, what: str, error: ErrorFactory = AqrecipeError,
