@@ -18,7 +18,7 @@ Refused (:class:`~aqrecipe.errors.OutputError`, naming both roles and the fix):
   or lies under ``/dev``, ``/proc`` or ``/sys`` (as root, renaming a file onto
   ``/dev/null`` would replace the device itself).
 * ``AQ704``: an existing work folder that aqrecipe did not make (non-empty,
-  without its ``.lock``): a run creates and deletes files there.
+  without a ``.lock`` or a stage's files): a run creates and deletes files there.
 
 Inside a model folder (a read that is a folder), *new* files are allowed: many
 users write ``MODEL/model-Q8_0.gguf`` beside the checkpoint. What a run may not
@@ -46,7 +46,10 @@ FOREIGN_WORK_CODE = "AQ704"
 
 SYSTEM_TREES = (Path("/dev"), Path("/proc"), Path("/sys"))
 FILE_TREES = (Path("/dev/shm"),)  # a tmpfs for ordinary files under /dev: a fine place for outputs
-WORK_LOCK = ".lock"  # calibration.checkpoint.LOCK: every work folder a run made holds it
+#: what marks a folder as an aqrecipe work folder: apply's lock (calibration.checkpoint.LOCK), the
+#: calibration's own lock in imatrix/ or smoothquant/ (eval --simulate takes no top-level lock), the
+#: super-weight and planner stages' files
+WORK_MARKS = (".lock", "imatrix/.lock", "smoothquant/.lock", "importance.json", "planner")
 #: entries of a model folder that aqrecipe writes itself (outputs, imatrices, work folders): not the model's
 OURS_IN_MODEL_FOLDER = ("*.gguf", "*.dat", ".aqrecipe-work", "*.work")
 #: new files a model folder may not receive: the HF reader would take them for weights
@@ -211,7 +214,7 @@ def _check_work_folder(role: str, folder: Path) -> None:
     if not folder.is_dir():
         return
     names = sorted(p.name for p in _entries(folder))
-    if names and WORK_LOCK not in names:
+    if names and not any(os.path.lexists(folder / mark) for mark in WORK_MARKS):
         shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
         raise OutputError(
             f"the {role} {folder} exists and was not made by aqrecipe (it holds {shown}): a run creates, "
