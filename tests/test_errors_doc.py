@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "errors.md"
 MODEL_PART = ROOT / "docs" / "errors-model.part.md"  # helper output, merged into DOC by hand
 TESTS = {"files": Path(__file__).with_name("test_bad_inputs_files.py"),
-         "model": Path(__file__).with_name("test_bad_inputs_model.py")}
+         "model": Path(__file__).with_name("test_bad_inputs_model.py"),
+         "hostile": Path(__file__).with_name("test_bad_inputs_hostile.py")}
 ROW = re.compile(r"^\|\s*`([^`]+)`\s*\|")
 MIN_KINDS = 30
 
@@ -43,8 +44,9 @@ def cases(which: str) -> dict[str, str]:
 
 def all_cases() -> dict[str, str]:
     found = cases("files")
-    if TESTS["model"].is_file():
-        found.update(cases("model"))
+    for which in ("model", "hostile"):
+        if TESTS[which].is_file():
+            found.update(cases(which))
     return found
 
 

@@ -56,7 +56,9 @@ def _model_issues(recipe: Recipe, plan: Plan) -> list:
                     f"rule {rule.match_text!r} " + ("matches no tensor of the model" if reason == NO_MATCH
                                                     else f"chooses no tensor: {reason}"),
                     value=rule.match_text,
-                    allowed="a GGUF name such as blk.0.attn_v.weight or an HF name; see `aqrecipe compile`",
+                    allowed="a GGUF name such as blk.0.attn_v.weight or an HF name; see `aqrecipe compile`"
+                    if reason == NO_MATCH else "remove the rule, or list it before the rules that take its "
+                    "tensors (within a kind the first match wins; exact > re: > glob)",
                 )
             )
     return issues

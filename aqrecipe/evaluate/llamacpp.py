@@ -83,8 +83,13 @@ class LlamaCppBackend:
         except (EOFError, OSError):
             raise self._crash(doing) from None
         if status == "error":
-            raise EvalError(value + self._stderr_tail(), hint="check that the file is a complete GGUF model "
-                            "(aqrecipe inspect FILE) and that this llama-cpp-python supports its architecture")
+            said = self._stderr_tail()  # llama.cpp's own reason (the worker logs its warnings and errors)
+            hint = ("the file is a complete GGUF (its header and tensor extents were checked), but llama.cpp "
+                    "refuses its contents for the reason above: re-create it with aqrecipe apply or quantize, "
+                    "or use a llama-cpp-python whose llama.cpp supports its architecture"
+                    if said else "check that the file is a complete GGUF model (aqrecipe inspect FILE) and that "
+                    "this llama-cpp-python supports its architecture")
+            raise EvalError(value + said, hint=hint)
         return value
 
     def _crash(self, doing: str) -> ConsumerCrashError:

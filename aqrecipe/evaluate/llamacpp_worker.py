@@ -74,12 +74,68 @@ def _model_params(llama_cpp: Any, **fields: Any) -> Iterator[None]:
         low.llama_model_default_params = original
 
 
+class LlamaLog:
+    """llama.cpp's warnings and errors, written to this process's original stderr.
+
+    llama-cpp-python with ``verbose=False`` points the process's stderr at
+    /dev/null while a model loads, so the reason a file does not load ("missing
+    tensor 'output_norm.weight'", "unknown model architecture") never reached the
+    parent, whose message was only "Failed to load model from file". This log
+    callback writes every warning and error line to a copy of the stderr the
+    parent captures (it quotes the last lines in its error, after a crash too);
+    information and debug lines are dropped, as before.
+    """
+
+    WARN, ERROR, CONT = 3, 4, 5  # ggml.h's ggml_log_level (llama-cpp-python's _logger.py has the old numbers)
+    MAX_LINE = 4096  # characters of one line kept (a line without a newline cannot grow the buffer)
+
+    def __init__(self) -> None:
+        self._fd = os.dup(2)  # survives the /dev/null redirection of fd 2
+        self._keeping = False
+        self._partial = ""
+        self._callback: Any = None  # the ctypes callback must live as long as llama.cpp may call it
+
+    def install(self, llama_cpp: Any) -> None:
+        """Make this the log callback of ``llama_cpp`` (replacing llama-cpp-python's)."""
+        import ctypes
+
+        @llama_cpp.llama_log_callback
+        def callback(level: int, text: bytes, user_data: Any) -> None:
+            self.record(level, text)
+
+        self._callback = callback
+        llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+    def record(self, level: int, text: bytes | None) -> None:
+        """Keep a warning or error (and its continuations); write each completed line."""
+        self._keeping = self._keeping if level == self.CONT else level in (self.WARN, self.ERROR)
+        if not self._keeping or not text:
+            return
+        self._partial = (self._partial + text.decode("utf-8", errors="replace"))[-self.MAX_LINE:]
+        *lines, self._partial = self._partial.split("\n")
+        done = "".join(f"{line.rstrip()}\n" for line in lines if line.strip())
+        if done:
+            try:
+                os.write(self._fd, done.encode("utf-8"))
+            except OSError:  # the parent went away: nothing to tell
+                pass
+
+
+_LOG: LlamaLog | None = None
+
+
 def open_llama(path: str, **kwargs: Any) -> Any:
     """``llama_cpp.Llama(model_path=path, **kwargs)`` with repacking off where it would crash.
 
     Call it only in a process that may die: a llama.cpp crash is not an exception.
+    llama.cpp's warnings and errors go to this process's stderr (:class:`LlamaLog`).
     """
     import llama_cpp
+
+    global _LOG
+    if _LOG is None:
+        _LOG = LlamaLog()
+        _LOG.install(llama_cpp)
 
     if repack_enabled(llama_cpp):
         return llama_cpp.Llama(model_path=path, **kwargs)
