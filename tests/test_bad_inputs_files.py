@@ -1,4 +1,6 @@
-"""Bad-input corpus, part B (issue #8): GGUF files, imatrix files, calibration text, recipes.
+"""Bad-input corpus, part B (issue #8, #16): GGUF files, imatrix files, calibration text, recipes,
+output paths that would destroy an input (one rule: aqrecipe.formats.paths) and whole-file reads of
+special or oversized files (one reader: aqrecipe.formats.bounded).
 
 Every case runs the real CLI (``aqrecipe.cli.commands.main`` with ``--json``, one case also
 as a subprocess) on one kind of bad input and checks: exit code 2, the error
@@ -14,7 +16,11 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
+import signal
+import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -36,7 +42,9 @@ from aqrecipe.errors import (
     ImatrixError,
     InfeasibleBudgetError,
     ModelError,
+    OutputError,
     PlanError,
+    RecipeError,
 )
 from aqrecipe.imatrix import ImatrixData, ImatrixEntry, encode_dat, save_imatrix
 
@@ -66,6 +74,23 @@ CASES = {
     "recipe-planner-infeasible": "a planner size target below the smallest possible model",
     "recipe-stale-plan": "apply of a compiled plan after the model changed",
     "recipe-plan-not-json": "apply of a plan file that is not JSON",
+    # output paths (issue 16, class 1): one rule, aqrecipe.formats.paths.check_write_targets
+    "output-over-model-file": "-o names a file of the HF model folder, or adds a .safetensors file to it",
+    "output-over-gguf-model": "-o is the GGUF model itself, or another part of a split GGUF model",
+    "output-over-recipe": "--report, -o or compile -o name the recipe (or apply -o the plan it applies)",
+    "output-over-input-file": "-o or --report name the imatrix, calibration or evaluation text the run reads",
+    "output-symlink-to-input": "-o is a symlink to a model file; --report a hard link of the recipe",
+    "output-clashes-with-output": "two outputs on one path: -o and --report, imatrix.save and -o, -o in --work-dir",
+    "output-special-file": "-o or --report is a FIFO, a socket, a character device, or under /sys or /dev",
+    "output-folder-holds-input": "a folder output or work folder that is, or holds, the model folder or the recipe",
+    "work-dir-not-ours": "--work-dir names an existing folder aqrecipe did not make (its files would be deleted)",
+    # whole-file reads (issue 16, class 2): one reader, aqrecipe.formats.bounded.read_bounded
+    "read-recipe-special": "a recipe that is /dev/zero, a FIFO or a folder: refused unread, never a hang",
+    "read-recipe-too-large": "a recipe over 1 MiB (sparse: nothing is read), or a /proc file whose size says 0",
+    "read-plan-special-or-large": "a plan file that is a FIFO or over 256 MiB",
+    "read-imatrix-special-or-large": "an imatrix that is /dev/zero, a FIFO or a .dat over 4 GiB",
+    "read-text-special-or-large": "calibration text that is a FIFO, /dev/zero or over 256 MiB",
+    "read-model-json-too-large": "a model folder's config.json or tokenizer_config.json over 128 MiB",
 }
 
 CALIB = ["--samples", "128", "--seq-len", "16"]  # 2048 tokens: small, inside the allowed range
@@ -77,6 +102,9 @@ class Scenario:
     error: type[AqrecipeError]
     words: tuple[str, ...]
     outputs: tuple[Path, ...] = ()
+    code: str | None = None  # the error's code when the class is raised with its own (AQ702 ...)
+    frozen: tuple[Path, ...] = ()  # trees the run must leave exactly as they were (nothing created either)
+    env: tuple[tuple[str, str], ...] = ()  # environment of the run (e.g. a lowered read limit)
 
 
 @dataclass
@@ -102,12 +130,45 @@ def run_cli(argv: list[str]) -> Outcome:
     return Outcome(code, doc.get("error", {}), err.getvalue())
 
 
+def snapshot(root: Path) -> dict[str, tuple[int, int, int, int]]:
+    """Every entry under ``root`` (itself included): kind and permission bits, inode, size, mtime."""
+    entries = [root, *root.rglob("*")] if root.is_dir() and not root.is_symlink() else [root]
+    found = {}
+    for p in entries:
+        st = p.lstat()
+        found[str(p.relative_to(root)) if p != root else "."] = (st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns)
+    return found
+
+
+def _guarded(run: Callable[[], Outcome], seconds: int = 240) -> Outcome:
+    """``run()``, failed after ``seconds`` instead of hanging (a FIFO read would block forever)."""
+    def alarm(signum: int, frame: object) -> None:
+        raise TimeoutError(f"the run took more than {seconds} s (blocked on a FIFO? reading without bound?)")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.alarm(seconds)
+    try:
+        return run()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def check(s: Scenario) -> Outcome:
     """Run one scenario and assert the whole contract; returns the outcome."""
-    outcome = run_cli(s.argv)
+    before = {p: snapshot(p) for p in s.frozen}
+    saved = {k: os.environ.get(k) for k, _ in s.env}
+    os.environ.update(dict(s.env))
+    try:
+        outcome = _guarded(lambda: run_cli(s.argv))
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     assert outcome.code == EXIT_USER_ERROR, (outcome.code, outcome.printed)
     assert outcome.error["type"] == s.error.__name__, outcome.error
-    assert outcome.error["code"] == s.error.code, outcome.error
+    assert outcome.error["code"] == (s.code or s.error.code), outcome.error
+    for p, tree in before.items():
+        assert snapshot(p) == tree, f"{p} changed: {sorted(set(snapshot(p).items()) ^ set(tree.items()))[:6]}"
     assert outcome.error["hint"], outcome.error
     message = outcome.error["message"]
     for word in s.words:
@@ -366,6 +427,215 @@ def recipe_plan_not_json(tmp: Path, model: Callable[[], Path]) -> Scenario:
     return _apply(tmp, tmp / "plan.json", PlanError, ("plan.json", "not valid JSON"))
 
 
+# --- output paths: every write differs from every read, and is no special file -------------
+def _model_copy(tmp: Path, model: Callable[[], Path]) -> Path:
+    """A private copy of the tiny model: a run that wrongly writes into it cannot hurt other tests."""
+    copy = tmp / "model"
+    shutil.copytree(model(), copy)
+    return copy
+
+
+def _quantize(model: Path, out: Path | str, *extra: str) -> list[str]:
+    return ["quantize", str(model), "--type", "Q8_0", "-o", str(out), "--no-eval", *extra]
+
+
+def output_over_model_file(tmp: Path, model: Callable[[], Path]) -> list[Scenario]:
+    m = _model_copy(tmp, model)
+    recipe = write_recipe(tmp, "r.yaml", m)
+    words = ("of the model folder", "replace one of the model's own files")
+    return [Scenario(_quantize(m, m / "model.safetensors"), OutputError, ("model.safetensors", *words),
+                     code="AQ702", frozen=(tmp,)),
+            Scenario(["apply", str(recipe), "-o", str(m / "config.json")], OutputError, ("config.json", *words),
+                     code="AQ702", frozen=(tmp,)),
+            Scenario(_quantize(m, m / "extra.safetensors"), OutputError,
+                     ("would add extra.safetensors", "part of the checkpoint"), code="AQ702", frozen=(tmp,))]
+
+
+def _gguf_model(tmp: Path, **kw: object) -> Path:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_gguf_input import write_tiny
+
+    return write_tiny(tmp / "tiny.gguf", "F16", **kw)
+
+
+def output_over_gguf_model(tmp: Path, model: Callable[[], Path]) -> list[Scenario]:
+    single = _gguf_model(tmp)
+    (tmp / "split").mkdir()
+    _gguf_model(tmp / "split", split_max_tensors=8)
+    first, second = (tmp / "split" / f"tiny-0000{i}-of-00003.gguf" for i in (1, 2))
+    return [Scenario(_quantize(single, single), OutputError, ("is the model file", "destroy that input"),
+                     code="AQ702", frozen=(tmp,)),
+            Scenario(_quantize(first, second), OutputError, ("is the model part 2 of 3", "tiny-00002-of-00003"),
+                     code="AQ702", frozen=(tmp,))]
+
+
+def output_over_recipe(tmp: Path, model: Callable[[], Path]) -> list[Scenario]:
+    recipe = write_recipe(tmp, "r.yaml", model())
+    assert run_cli(["compile", str(recipe), "-o", str(tmp / "plan.json"), "--summary"]).code == 0
+    out = str(tmp / "out.gguf")
+    return [Scenario(["apply", str(recipe), "-o", out, "--report", str(recipe)], OutputError,
+                     ("report (--report)", "is the recipe"), code="AQ702", frozen=(tmp,)),
+            Scenario(["apply", str(recipe), "-o", str(recipe)], OutputError, ("the output", "is the recipe"),
+                     code="AQ702", frozen=(tmp,)),
+            Scenario(["compile", str(recipe), "-o", str(recipe)], OutputError, ("plan output (-o)", "is the recipe"),
+                     code="AQ702", frozen=(tmp,)),
+            Scenario(["apply", str(tmp / "plan.json"), "-o", str(tmp / "plan.json")], OutputError,
+                     ("the output", "is the plan"), code="AQ702", frozen=(tmp,))]
+
+
+def output_over_input_file(tmp: Path, model: Callable[[], Path]) -> list[Scenario]:
+    im = save_imatrix(tiny_imatrix(), tmp / "im.gguf")
+    (tmp / "e.txt").write_text("Some evaluation prose. " * 100)
+    (tmp / "calib.dat").write_text("Some calibration prose. " * 100)
+    evaluation = write_recipe(tmp, "e.yaml", model(), "evaluation: {enabled: false, text: e.txt}\n")
+    return [Scenario(_quantize(model(), im, "--imatrix", str(im)), OutputError,
+                     ("the output", "is the imatrix file"), code="AQ702", frozen=(tmp,)),
+            Scenario(["apply", str(evaluation), "-o", str(tmp / "out.gguf"), "--report", str(tmp / "e.txt")],
+                     OutputError, ("report (--report)", "evaluation text file (evaluation.text)"), code="AQ702",
+                     frozen=(tmp,)),
+            Scenario(["imatrix", "compute", str(model()), "--source", "text", "--text", str(tmp / "calib.dat"),
+                      "-o", str(tmp / "calib.dat"), *CALIB], OutputError,
+                     ("imatrix output (-o)", "is the calibration text (--text)"), code="AQ702", frozen=(tmp,))]
+
+
+def output_symlink_to_input(tmp: Path, model: Callable[[], Path]) -> list[Scenario]:
+    m = _model_copy(tmp, model)
+    (tmp / "link.gguf").symlink_to(m / "model.safetensors")
+    recipe = write_recipe(tmp, "r.yaml", m)
+    os.link(recipe, tmp / "hard.json")
+    im = save_imatrix(tiny_imatrix(), tmp / "im.gguf")
+    (tmp / "alias.dat").symlink_to(im)
+    return [Scenario(_quantize(m, tmp / "link.gguf"), OutputError,
+                     ("link.gguf (a symlink to", "model.safetensors", "model's own files"), code="AQ702",
+                     frozen=(tmp,)),
+            Scenario(["apply", str(recipe), "-o", str(tmp / "out.gguf"), "--report", str(tmp / "hard.json")],
+                     OutputError, ("hard.json is a hard link of the recipe",), code="AQ702", frozen=(tmp,)),
+            Scenario(["imatrix", "convert", str(im), str(tmp / "alias.dat")], OutputError,
+                     ("destination", "is a symlink to the source imatrix"), code="AQ702", frozen=(tmp,))]
+
+
+def output_clashes_with_output(tmp: Path, model: Callable[[], Path]) -> list[Scenario]:
+    out = tmp / "x.gguf"
+    save = write_recipe(tmp, "s.yaml", model(), "imatrix: {type: compute, save: x.gguf}\n")
+    recipe = write_recipe(tmp, "r.yaml", model())
+    (tmp / "w").mkdir()
+    return [Scenario(["apply", str(recipe), "-o", str(out), "--report", str(out)], OutputError,
+                     ("the output and the report (--report) are the same path",), code="AQ702", frozen=(tmp,)),
+            Scenario(["apply", str(save), "-o", str(out)], OutputError,
+                     ("imatrix save path (imatrix.save)", "same path"), code="AQ702", frozen=(tmp,)),
+            Scenario(_quantize(model(), tmp / "w" / "x.gguf", "--work-dir", str(tmp / "w")), OutputError,
+                     ("lies inside the work folder",), code="AQ702", frozen=(tmp,))]
+
+
+def output_special_file(tmp: Path, model: Callable[[], Path]) -> list[Scenario]:
+    os.mkfifo(tmp / "fifo.gguf")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tmp / "s.gguf"))  # stays a socket file after close; tmp_path removes it
+    sock.close()
+    cases = [Scenario(_quantize(model(), tmp / "fifo.gguf"), OutputError, ("is a FIFO", "replace that FIFO"),
+                      code="AQ703", frozen=(tmp,)),
+             Scenario(_quantize(model(), tmp / "s.gguf"), OutputError, ("is a socket",), code="AQ703", frozen=(tmp,)),
+             Scenario(_quantize(model(), tmp / "out.gguf", "--report", "/sys/aqrecipe-report.json"), OutputError,
+                      ("report (--report)", "lies under /sys"), code="AQ703", frozen=(tmp,))]
+    try:  # a copy of /dev/null's node (as root, -o /dev/null itself would have replaced the device)
+        os.mknod(tmp / "null.gguf", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except (PermissionError, OSError):
+        return cases
+    return [*cases, Scenario(_quantize(model(), tmp / "null.gguf"), OutputError, ("is a character device",),
+                             code="AQ703", frozen=(tmp,))]
+
+
+def output_folder_holds_input(tmp: Path, model: Callable[[], Path]) -> list[Scenario]:
+    m = _model_copy(tmp, model)
+    (tmp / "rs").mkdir()
+    recipe = write_recipe(tmp / "rs", "r.yaml", m)
+    return [Scenario(["apply", str(recipe), "-o", f"{tmp / 'rs'}/"], OutputError,
+                     ("the output", "holds the recipe", "replaces that folder"), code="AQ702", frozen=(tmp,)),
+            Scenario(_quantize(m, tmp / "out.gguf", "--work-dir", str(m)), OutputError,
+                     ("work folder", "is the model folder"), code="AQ702", frozen=(tmp,)),
+            Scenario(_quantize(m, tmp / "out.gguf", "--work-dir", str(tmp)), OutputError,
+                     ("work folder", "holds the model folder", "creates and removes files"), code="AQ702",
+                     frozen=(tmp,))]
+
+
+def work_dir_not_ours(tmp: Path, model: Callable[[], Path]) -> Scenario:
+    (tmp / "project" / "output").mkdir(parents=True)
+    (tmp / "project" / "output" / "notes.txt").write_text("a user's file that a run would have deleted\n")
+    return Scenario(_quantize(model(), tmp / "out.gguf", "--work-dir", str(tmp / "project")), OutputError,
+                    ("project exists and was not made by aqrecipe", "output"), code="AQ704", frozen=(tmp,))
+
+
+# --- whole-file reads: special files refused unread, sizes checked before reading ---------
+def _sparse(path: Path, size: int, head: bytes = b"") -> Path:
+    """A file of ``size`` bytes that takes no disk space (nothing of it may be read)."""
+    with open(path, "wb") as fh:
+        fh.write(head)
+        fh.truncate(size)
+    return path
+
+
+def read_recipe_special(tmp: Path, model: Callable[[], Path]) -> list[Scenario]:
+    os.mkfifo(tmp / "fifo.yaml")
+    (tmp / "folder.yaml").mkdir()
+    return [Scenario(["validate", "/dev/zero"], RecipeError, ("R002", "'/dev/zero' is a character device")),
+            Scenario(["validate", str(tmp / "fifo.yaml")], RecipeError, ("R002", "is a FIFO")),
+            Scenario(["apply", str(tmp / "fifo.yaml"), "-o", str(tmp / "o.gguf")], RecipeError, ("is a FIFO",),
+                     (tmp / "o.gguf",)),
+            Scenario(["compile", str(tmp / "folder.yaml")], RecipeError, ("R002", "is a folder"))]
+
+
+def read_recipe_too_large(tmp: Path, model: Callable[[], Path]) -> list[Scenario]:
+    big = _sparse(tmp / "big.yaml", (1 << 20) + 1, b"version: 1\n")
+    return [Scenario(["validate", str(big)], RecipeError,
+                     ("R002", "big.yaml", "is 1048577 bytes", "at most 1048576 bytes")),
+            Scenario(["validate", "/proc/self/maps"], RecipeError,
+                     ("holds more than 4096 bytes although its size says 0",),
+                     env=(("AQRECIPE_READ_LIMIT_RECIPE", "4KiB"),))]
+
+
+def read_plan_special_or_large(tmp: Path, model: Callable[[], Path]) -> list[Scenario]:
+    os.mkfifo(tmp / "fifo.json")
+    big = _sparse(tmp / "big.json", 300 << 20, b'{"version": 1, "entries": [')
+    return [Scenario(["apply", str(tmp / "fifo.json"), "-o", str(tmp / "o.gguf")], PlanError,
+                     ("plan file", "is a FIFO"), (tmp / "o.gguf",)),
+            Scenario(["apply", str(big), "-o", str(tmp / "o.gguf")], PlanError,
+                     ("big.json", "is 314572800 bytes (300.0 MiB)", "at most 268435456 bytes (256.0 MiB)"),
+                     (tmp / "o.gguf",))]
+
+
+def read_imatrix_special_or_large(tmp: Path, model: Callable[[], Path]) -> list[Scenario]:
+    os.mkfifo(tmp / "fifo.dat")
+    big = _sparse(tmp / "big.dat", (4 << 30) + 1, struct.pack("<i", 1))
+    return [Scenario(["imatrix", "show", "/dev/zero"], ImatrixError, ("is a character device",)),
+            Scenario(["imatrix", "show", str(tmp / "fifo.dat")], ImatrixError, ("fifo.dat", "is a FIFO")),
+            Scenario(["imatrix", "convert", str(big), str(tmp / "o.gguf")], ImatrixError,
+                     ("big.dat", "is 4294967297 bytes", "imatrix files may have at most 4294967296 bytes"),
+                     (tmp / "o.gguf",))]
+
+
+def read_text_special_or_large(tmp: Path, model: Callable[[], Path]) -> list[Scenario]:
+    os.mkfifo(tmp / "fifo.txt")
+    big = _sparse(tmp / "big.txt", 300 << 20, b"prose ")
+    return [Scenario(_compute(tmp, model, "text", tmp / "fifo.txt"), CalibrationDataError,
+                     ("fifo.txt", "is a FIFO"), (tmp / "im.gguf",)),
+            Scenario(_compute(tmp, model, "jsonl", Path("/dev/zero")), CalibrationDataError,
+                     ("'/dev/zero' is a character device",), (tmp / "im.gguf",)),
+            Scenario(_compute(tmp, model, "text", big), CalibrationDataError,
+                     ("big.txt", "is 314572800 bytes", "text files may have at most"), (tmp / "im.gguf",))]
+
+
+def read_model_json_too_large(tmp: Path, model: Callable[[], Path]) -> list[Scenario]:
+    m = _model_copy(tmp, model)
+    _sparse(m / "config.json", 200 << 20, (m / "config.json").read_bytes()[:-1])  # still "{...", then NULs
+    other = tmp / "other"
+    shutil.copytree(model(), other)
+    _sparse(other / "tokenizer_config.json", 200 << 20, b"{")
+    words = ("is 209715200 bytes", "a model folder's JSON files may have at most 134217728 bytes")
+    return [Scenario(_quantize(m, tmp / "o.gguf"), ModelError, ("config.json", *words), (tmp / "o.gguf",)),
+            Scenario(_quantize(other, tmp / "o.gguf"), ModelError, ("tokenizer_config.json", *words),
+                     (tmp / "o.gguf",))]
+
+
 BUILDERS: dict[str, Builder] = {
     "gguf-bad-magic": gguf_bad_magic,
     "gguf-truncated-tensor": gguf_truncated_tensor,
@@ -392,6 +662,21 @@ BUILDERS: dict[str, Builder] = {
     "recipe-planner-infeasible": recipe_planner_infeasible,
     "recipe-stale-plan": recipe_stale_plan,
     "recipe-plan-not-json": recipe_plan_not_json,
+    "output-over-model-file": output_over_model_file,
+    "output-over-gguf-model": output_over_gguf_model,
+    "output-over-recipe": output_over_recipe,
+    "output-over-input-file": output_over_input_file,
+    "output-symlink-to-input": output_symlink_to_input,
+    "output-clashes-with-output": output_clashes_with_output,
+    "output-special-file": output_special_file,
+    "output-folder-holds-input": output_folder_holds_input,
+    "work-dir-not-ours": work_dir_not_ours,
+    "read-recipe-special": read_recipe_special,
+    "read-recipe-too-large": read_recipe_too_large,
+    "read-plan-special-or-large": read_plan_special_or_large,
+    "read-imatrix-special-or-large": read_imatrix_special_or_large,
+    "read-text-special-or-large": read_text_special_or_large,
+    "read-model-json-too-large": read_model_json_too_large,
 }
 
 
