@@ -198,6 +198,9 @@ def test_shortcut_flags_go_through_the_same_number_reader() -> None:
     ("coherence: {max_ppl_ratio: 1}\n", "must be > 1"),
     ("coherence: {min_top1: 2}\n", "must be from 0 to 1"),
     ("evaluation: {chunks: 0}\n", "must be from 1 to 10000"),
+    # finite, but float32 importance times it would be infinite
+    ("super_weights: {detect: {type: combined}, protect: {type: raise-tensor, imatrix_boost: 1.0e+300}}\n",
+     "must be from 1 to 1000000"),
 ])
 def test_range_messages_say_the_allowed_range(extra: str, words: str) -> None:
     found = issues(HEAD + extra)
