@@ -87,3 +87,13 @@ def test_unedited_plan_applies_and_names_every_problem_at_once(compiled: tuple[P
     assert cli.main(["apply", str(tmp_path / "bad.json"), "-o", str(tmp_path / "b.gguf"), "--no-eval", "-q"]) == 2
     err = capsys.readouterr().err
     assert "2 problems" in err and "leaves out" in err and "more than once" in err
+
+
+@pytest.mark.parametrize("text", ["[" * 100_000 + "]" * 100_000, '{"entries": ' + "[" * 50_000 + "]" * 50_000 + "}"])
+def test_deeply_nested_plan_is_a_message(text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text(text)
+    for argv in (["apply", str(path), "-o", str(tmp_path / "x.gguf")], ["inspect", str(path)]):
+        assert cli.main(argv) == EXIT_USER_ERROR
+        err = capsys.readouterr().err
+        assert "nested too deeply" in err and "Traceback" not in err

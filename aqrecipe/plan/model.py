@@ -160,6 +160,8 @@ def load_plan(path: Path) -> Plan:
         raise PlanError(f"plan file {path} does not exist", hint="run `aqrecipe compile RECIPE -o plan.json`") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PlanError(f"plan file {path} is not valid JSON: {exc}", hint="recompile the recipe") from None
+    except RecursionError:  # a plan is a flat table; deep nesting is hostile, not a plan
+        raise PlanError(f"plan file {path} is nested too deeply to be a plan", hint="recompile the recipe") from None
     if not isinstance(data, dict):
         raise PlanError(f"plan file {path} does not hold a JSON object", hint="recompile the recipe")
     return Plan.from_dict(data)
