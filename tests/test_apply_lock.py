@@ -153,11 +153,12 @@ def test_max_memory_shrinks_only_a_batch_that_cannot_fit(tiny_llama_dir: Path) -
     roomy = memory.calibration_options(RunnerOptions(batch_tokens=64), src, samples=128, seq_len=16,
                                        max_memory=64 << 20, baseline=0)
     assert roomy.batch_tokens == 64 and roomy.max_cache_bytes > 128 * 16 * 64 * 4
+    step = 24 << 20  # token_embd (49152 x 64 float32) read and packed
     tight = memory.calibration_options(RunnerOptions(batch_tokens=4096), src, samples=128, seq_len=16,
-                                       max_memory=1 << 20, baseline=0)
+                                       max_memory=step + (1 << 20), baseline=0)
     assert 16 <= tight.batch_tokens < 4096 and tight.batch_tokens % 16 == 0
     with pytest.raises(MemoryLimitError, match="one calibration sample of 16 tokens"):
-        memory.calibration_options(RunnerOptions(), src, samples=128, seq_len=16, max_memory=(192 + 32) << 10,
+        memory.calibration_options(RunnerOptions(), src, samples=128, seq_len=16, max_memory=step + (32 << 10),
                                    baseline=0)
 
 

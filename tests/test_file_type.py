@@ -16,6 +16,8 @@ import gguf
 import numpy as np
 import pytest
 
+from helpers_models import build_sentencepiece
+
 from aqrecipe.output.plan_gguf import write_plan_gguf
 from aqrecipe.quant.blocktypes import FILE_TYPES, NEEDS_IMATRIX, TYPE_NAMES, file_type_for
 from aqrecipe.errors import UnknownTypeError
@@ -25,12 +27,13 @@ from aqrecipe.output.pack import pack_entry
 from aqrecipe.plan import MIXTURES, Plan, PlanSpec, compile_plan
 
 HIDDEN = 256
+VOCAB = 512
 NO_IMATRIX_MIXTURES = [m for m in MIXTURES if MIXTURES[m].base_type not in NEEDS_IMATRIX]
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random 2-layer llama: F16 safetensors, untied output, no tokenizer."""
+    """A random 2-layer llama: F16 safetensors, untied output, a tiny SentencePiece tokenizer of VOCAB pieces."""
     from safetensors.numpy import save_file
 
     folder = tmp_path_factory.mktemp("ftype_model")
@@ -42,7 +45,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
-        "vocab_size": 256,
+        "vocab_size": VOCAB,
         "max_position_embeddings": 256,
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,
@@ -52,7 +55,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (folder / "config.json").write_text(json.dumps(config))
     rng = np.random.default_rng(0)
     kv = HIDDEN // 4 * 2
-    shapes = {"model.embed_tokens.weight": (256, HIDDEN), "model.norm.weight": (HIDDEN,), "lm_head.weight": (256, HIDDEN)}
+    shapes = {"model.embed_tokens.weight": (VOCAB, HIDDEN), "model.norm.weight": (HIDDEN,),
+              "lm_head.weight": (VOCAB, HIDDEN)}
     for i in range(2):
         p = f"model.layers.{i}."
         shapes |= {
@@ -71,6 +75,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for name, shape in shapes.items()
     }
     save_file(tensors, str(folder / "model.safetensors"))
+    build_sentencepiece(folder, VOCAB)  # llama.cpp's converter writes the vocabulary from it
     return folder
 
 

@@ -26,7 +26,8 @@ from aqrecipe.evaluate import evaluate
 from aqrecipe.evaluate.coherence import CoherenceSpec, check_coherence, is_ultra_low
 from aqrecipe.evaluate.reference import reference_gguf
 from aqrecipe.models.files import check_tokenizer_files
-from aqrecipe.plan.model import checked_source, plan_source
+from aqrecipe.plan.check import checked_source
+from aqrecipe.plan.model import plan_source
 from aqrecipe.optional import EXTRAS, require_or_skip
 from aqrecipe.output.plan_gguf import write_plan_gguf
 from aqrecipe.plan import Plan

@@ -97,8 +97,7 @@ def load_float_model(source: WeightSource, stage: str, dtype: Any = "float32") -
     folder = require_hf_folder(source, stage)
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype,
-                                                                  use_safetensors=True)
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), use_safetensors=True, dtype=torch_dtype)
     except (OSError, ValueError, KeyError) as exc:
         raise EvalError(f"transformers could not load {folder} for {stage}: {exc}",
                         hint="the folder needs config.json and the weights (*.safetensors)") from exc

@@ -2,7 +2,8 @@
 
 from aqrecipe.plan.compiler import PlanSpec, compile_plan, is_quantizable
 from aqrecipe.plan.mixtures import MIXTURES, Mixture, get_mixture
-from aqrecipe.plan.model import Plan, PlanEntry, checked_source, load_plan
+from aqrecipe.plan.check import check_plan, checked_source
+from aqrecipe.plan.model import Plan, PlanEntry, load_plan
 from aqrecipe.plan.render import human_bytes, render_plan
 from aqrecipe.plan.rules import Rule, RuleSet, parse_set_option, rule_kind
 
@@ -14,6 +15,7 @@ __all__ = [
     "PlanSpec",
     "Rule",
     "RuleSet",
+    "check_plan",
     "checked_source",
     "compile_plan",
     "get_mixture",

@@ -16,9 +16,10 @@ from aqrecipe.plan.compiler import is_quantizable
 from aqrecipe.quant.blocktypes import fits, layout
 from aqrecipe.quant.sizes import tensor_bytes
 
+from aqrecipe.plan.model import Plan, plan_source
+
 if TYPE_CHECKING:
     from aqrecipe.models.protocol import WeightSource
-    from aqrecipe.plan.model import Plan
 
 _SHOWN = 3  # problems of one kind named before "and N more"
 
@@ -77,3 +78,15 @@ def check_plan(plan: Plan, source: WeightSource) -> None:
             hint="recompile the recipe (aqrecipe compile RECIPE -o plan.json); to change types, edit the "
             "recipe's rules rather than the plan",
         )
+
+
+def checked_source(plan: Plan) -> WeightSource:
+    """The plan's model, refused when it changed since the plan was compiled or the plan does not fit it."""
+    source = plan_source(plan)
+    if source.fingerprint() != plan.model_fingerprint:
+        raise PlanError(
+            f"the model at {plan.model_path} changed since the plan was compiled",
+            hint="recompile the recipe (aqrecipe compile) and apply the new plan",
+        )
+    check_plan(plan, source)
+    return source

@@ -173,17 +173,3 @@ def plan_source(plan: Plan) -> ModelSource:
     from aqrecipe.models import open_model
 
     return open_model(plan.model_path, allow_requantize=bool(plan.options.get("allow_requantize")))
-
-
-def checked_source(plan: Plan) -> ModelSource:
-    """The plan's model, refused when it changed since the plan was compiled or the plan does not fit it."""
-    from aqrecipe.plan.check import check_plan
-
-    source = plan_source(plan)
-    if source.fingerprint() != plan.model_fingerprint:
-        raise PlanError(
-            f"the model at {plan.model_path} changed since the plan was compiled",
-            hint="recompile the recipe (aqrecipe compile) and apply the new plan",
-        )
-    check_plan(plan, source)
-    return source

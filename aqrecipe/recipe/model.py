@@ -64,10 +64,10 @@ class TensorRule:
     @property
     def regex(self) -> Any:
         """The linear-time matcher of a ``regex`` rule (``search``/``fullmatch`` as a compiled ``re``
-        pattern; :func:`aqrecipe.plan.rules.compile_rule_regex`, cached), else None."""
+        pattern; :func:`aqrecipe.recipe.patterns.compile_rule_regex`, cached), else None."""
         if self.kind != "regex":
             return None
-        from aqrecipe.plan.rules import compile_rule_regex  # the one matcher; imported only when asked
+        from aqrecipe.recipe.patterns import compile_rule_regex  # the one matcher; imported only when asked
 
         return compile_rule_regex(self.pattern, f"rules[{self.index}] {self.match_text!r}")
 

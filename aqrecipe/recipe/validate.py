@@ -260,7 +260,7 @@ def _regex_issues(data: Any, index: PositionIndex) -> list[RecipeIssue]:
             found.append(_issue(index, keys, codes.EMPTY_RULE, "empty regular expression after 're:'",
                                 value=pattern, allowed="'re:' followed by a Python regular expression"))
             continue
-        from aqrecipe.plan.rules import RuleRegexError, compile_rule_regex  # heavy package: only when needed
+        from aqrecipe.recipe.patterns import RuleRegexError, compile_rule_regex
 
         try:
             compile_rule_regex(body)
