@@ -139,3 +139,16 @@ def test_log_records_are_printed_escaped(tmp_path: Path) -> None:
         "logging.getLogger('aqrecipe').warning('tensor %s', 'a\\x1b[2Jb')\n")],
         capture_output=True, text=True, timeout=120)
     assert "tensor a\\x1b[2Jb" in proc.stderr and ESC not in proc.stderr, proc.stderr
+
+
+def test_inspect_refuses_special_files_without_blocking(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+
+    from aqrecipe.cli import commands
+
+    fifo = tmp_path / "pipe.gguf"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer came
+    for path in (fifo, tmp_path):
+        assert commands.main(["inspect", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "error[AQ302]" in err and "not a file inspect can read" in err

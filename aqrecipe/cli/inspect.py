@@ -61,8 +61,17 @@ def inspect_gguf(path: Path) -> tuple[dict[str, Any], str]:
 
 def inspect_path(path: Path) -> tuple[dict[str, Any], str]:
     """Dispatch on the file's kind (by magic for GGUF, by suffix otherwise)."""
+    import os
+
+    from aqrecipe.formats.bounded import special_kind
+
     if not path.exists():
         raise AqrecipeError(f"{path} does not exist", hint="check the path", code="AQ301")
+    kind = special_kind(os.stat(path).st_mode)  # a FIFO would block the read below; a device never end
+    if kind is not None:
+        raise AqrecipeError(f"{path} is {kind}, not a file inspect can read",
+                            hint="inspect takes a .gguf model or imatrix, a plan .json or a legacy imatrix .dat",
+                            code="AQ302")
     with open(path, "rb") as f:
         head = f.read(4096)  # the magic, or a JSON file's format tag
     if head[:4] == b"GGUF" or path.suffix.lower() == ".gguf":  # a damaged .gguf is reported as such
