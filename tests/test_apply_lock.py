@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -28,15 +27,10 @@ def q8_recipe(tiny_llama_dir: Path, tmp_path: Path) -> Path:
     return path
 
 
-def _wait_for(marker: Path, proc: subprocess.Popen, timeout: float = 300.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not marker.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"apply #1 ended (rc {proc.returncode}) before its pause: {proc.stderr.read()[-2000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("apply #1 never reached its pause point")
-        time.sleep(0.05)
+def _wait_for(marker: Path, proc: subprocess.Popen) -> None:
+    from helpers_processes import wait_for_pause
+
+    wait_for_pause(proc, marker, "apply #1")
 
 
 def test_second_apply_on_a_busy_work_folder_fails_at_once(q8_recipe: Path, tmp_path: Path,

@@ -66,14 +66,9 @@ def _start(argv: list[str], marker: Path, *, pause_at: str | None = None) -> sub
 
 def _signal_when_paused(proc: subprocess.Popen, marker: Path, signum: int = signal.SIGTERM) -> tuple[int, str]:
     """Wait for the pause marker, send ``signum`` from outside, return the exit code and stderr."""
-    deadline = time.monotonic() + 300
-    while not marker.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (rc {proc.returncode}) before its pause: {proc.stderr.read()[-2000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("the run never reached its pause point")
-        time.sleep(0.05)
+    from helpers_processes import wait_for_pause
+
+    wait_for_pause(proc, marker)
     proc.send_signal(signum)  # the marker stays: the handler, not the end of the pause, must end the run
     try:
         _, stderr = proc.communicate(timeout=120)
