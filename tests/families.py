@@ -33,7 +33,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-FAMILIES = ("llama3", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "phi3")
+from aqrecipe.models.support import TESTED_FAMILIES
+
+FAMILIES = tuple(f.name for f in TESTED_FAMILIES)  # the README's table and these tests name the same families
 
 #: Gemma 2 and 3's sliding window, shorter than the 64-token test windows.
 SLIDING_WINDOW = 16
