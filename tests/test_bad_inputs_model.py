@@ -702,3 +702,15 @@ def test_cli_turns_a_stray_os_error_into_a_message(
     assert type(outcome.exc) is AqrecipeError  # not blamed on the output
     assert "Permission denied: model.safetensors" in outcome.err and "hint:" in outcome.err
     assert_no_output(out_dir, dest)
+
+
+def test_nan_weight_found_by_calibration_names_its_own_tensor(
+    model_copy: Path, out_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    set_value(model_copy, DOWN, 5, 7, math.nan)  # layer 1's down_proj: its output poisons nothing after it
+    set_value(model_copy, "model.layers.0.mlp.down_proj.weight", 3, 2, math.nan)  # layer 0's poisons layer 1
+    argv = ["imatrix", "compute", str(model_copy), "-o", str(out_dir / "im.gguf"), "--samples", "128",
+            "--seq-len", "16"]
+    outcome = run_cli(argv, capsys, monkeypatch)
+    assert_refused(outcome, NonFiniteWeightError, ("model.layers.0.mlp.down_proj.weight", "nan", "row 3", "column 2"))
+    assert "blk.1" not in outcome.err  # not blamed on the next layer, whose input it poisons

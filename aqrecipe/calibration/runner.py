@@ -148,12 +148,22 @@ def _load_module(module: torch.nn.Module, source: WeightSource, prefix: str, dev
     import torch
 
     names = [n for n, _ in module.named_parameters() if not n.startswith(skip)]
-    state = {n: torch.from_numpy(source.read(prefix + n)).to(device=device, dtype=dtype) for n in names}
+    state = {n: torch.from_numpy(_finite(source, prefix + n)).to(device=device, dtype=dtype) for n in names}
     module.load_state_dict(state, strict=False, assign=True)
     for sub in module.modules():
         for key, buf in list(sub._buffers.items()):
             if buf is not None and buf.device.type != "meta":
                 sub._buffers[key] = buf.to(device)
+
+
+def _finite(source: WeightSource, hf_name: str) -> np.ndarray:
+    """An HF tensor, refused if it holds NaN/Inf: named here, not as the next layer's poisoned input."""
+    values = source.read(hf_name)
+    if not np.isfinite(values).all():
+        from aqrecipe.models.nonfinite import non_finite_error
+
+        raise non_finite_error(source, hf_name)
+    return values
 
 
 def _free(module, skip: tuple[str, ...] = ()) -> None:
