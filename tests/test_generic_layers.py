@@ -19,7 +19,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from families import FAMILIES, SLIDING_WINDOW, TEST_WINDOW, build_family  # noqa: E402
+from families import FAMILIES, SLIDING_WINDOW, build_family  # noqa: E402
+
+TEST_WINDOW = 64  # tokens per window: longer than the sliding windows, so local attention matters
 
 from aqrecipe.calibration.observers import LinearObserver  # noqa: E402
 from aqrecipe.calibration.runner import RunnerOptions, run_calibration  # noqa: E402
