@@ -37,3 +37,12 @@ def demo_model_dir() -> Path:
     from aqrecipe.models import materialize_demo
 
     return materialize_demo()
+
+
+@pytest.fixture()
+def q8_recipe(tiny_llama_dir: Path, tmp_path: Path) -> Path:
+    """A Q8_0 recipe for the tiny llama, evaluation off (the lock, crash and signal tests run it)."""
+    path = tmp_path / "q8.yaml"
+    path.write_text(f"version: 1\nmodel: {tiny_llama_dir}\nquantization: {{default: Q8_0}}\n"
+                    "evaluation: {enabled: false}\n")
+    return path

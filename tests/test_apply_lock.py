@@ -19,14 +19,6 @@ from aqrecipe.errors import MemoryLimitError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture()
-def q8_recipe(tiny_llama_dir: Path, tmp_path: Path) -> Path:
-    path = tmp_path / "q8.yaml"
-    path.write_text(f"version: 1\nmodel: {tiny_llama_dir}\nquantization: {{default: Q8_0}}\n"
-                    "evaluation: {enabled: false}\n")
-    return path
-
-
 def _wait_for(marker: Path, proc: subprocess.Popen) -> None:
     from helpers_processes import wait_for_pause
 

@@ -65,13 +65,13 @@ def model_gguf(tiny_llama_dir: Path, work: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def calib_text(work: Path) -> Path:
-    """~4000 tokens of the tiny tokenizer's own sentences, in a fixed shuffled order."""
+    """~3000 tokens (the demo tokenizer's) of the test corpus's sentences, in a fixed shuffled order."""
     from helpers_models import CORPUS
 
     rng = random.Random(0)
     sentences = sorted(set(CORPUS))
     path = work / "calib.txt"
-    path.write_text(" ".join(rng.choice(sentences) for _ in range(120)).strip(), encoding="utf-8")
+    path.write_text(" ".join(rng.choice(sentences) for _ in range(200)).strip(), encoding="utf-8")
     return path
 
 

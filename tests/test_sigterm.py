@@ -84,14 +84,6 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if ".tmp-" in p.name or p.name == ".lock")
 
 
-@pytest.fixture()
-def q8_recipe(tiny_llama_dir: Path, tmp_path: Path) -> Path:
-    path = tmp_path / "q8.yaml"
-    path.write_text(f"version: 1\nmodel: {tiny_llama_dir}\nquantization: {{default: Q8_0}}\n"
-                    "evaluation: {enabled: false}\n")
-    return path
-
-
 @pytest.mark.parametrize("signum, code, said", [(signal.SIGTERM, EXIT_TERMINATED, "terminated (SIGTERM)"),
                                                 (signal.SIGINT, 130, "interrupted")])
 def test_signal_while_packing_leaves_no_staging_file_and_no_lock(q8_recipe: Path, tmp_path: Path, signum: int,
