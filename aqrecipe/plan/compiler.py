@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Sequence
 
 from aqrecipe.quant.blocktypes import NEEDS_IMATRIX, fallback_for, file_type_for, layout
 from aqrecipe.quant.sizes import tensor_bytes
-from aqrecipe.errors import PlanError
+from aqrecipe.errors import PlanError, UnsupportedArchitectureError
 from aqrecipe.models.tensor_names import layer_of
 from aqrecipe.plan.mixtures import TensorContext, get_mixture, mixture_type
 from aqrecipe.plan.model import Plan, PlanEntry
@@ -47,6 +47,19 @@ def is_quantizable(gguf_name: str, shape: Sequence[int]) -> bool:
     return len(shape) == 2 and "norm" not in gguf_name and "ffn_gate_inp" not in gguf_name
 
 
+def refuse_experts(source: ModelSource) -> None:
+    """Mixture-of-experts models convert (llama.cpp merges each layer's experts into one 3-D tensor),
+    but nothing here plans them yet: without this they would be written as float, silently."""
+    experts = [t.gguf_name for t in source.tensors if len(t.shape) > 2]
+    if experts:
+        raise UnsupportedArchitectureError(
+            f"{source.path} is a mixture-of-experts model ({len(experts)} merged expert tensors such as "
+            f"{experts[0]}): aqrecipe does not quantize expert tensors yet",
+            hint="dense models of every architecture llama.cpp converts are supported (`aqrecipe inspect "
+            "--supported`); for this model use llama-quantize until aqrecipe's MoE support lands",
+        )
+
+
 def compile_plan(
     source: ModelSource,
     spec: PlanSpec,
@@ -57,6 +70,7 @@ def compile_plan(
     options: dict | None = None,
 ) -> Plan:
     """Choose a type for every tensor of ``source`` and size the result."""
+    refuse_experts(source)
     for rule in spec.rules:
         layout(rule.type)  # unknown type names fail loudly with the allowed list
     base = spec.base_type()
