@@ -804,24 +804,11 @@ def test_subprocess_prints_message_and_exits_2(tmp_path: Path) -> None:
 # --- docs ------------------------------------------------------------------------------
 def print_messages() -> None:  # pragma: no cover - a helper for docs/errors.md
     """Print each case's first scenario's message, as the CLI prints it, as a table row."""
-    import tempfile
-
     sys.path.insert(0, str(Path(__file__).parent))
-    from helpers_models import build_tiny_model
+    from helpers_docs import print_case_rows
 
-    root = Path(tempfile.mkdtemp())
-    (root / "tiny").mkdir()
-    tiny = build_tiny_model(root / "tiny", "llama")
-    for case_id in CASES:
-        work = root / case_id
-        work.mkdir()
-        for s in scenarios(case_id, work, lambda: tiny)[:1]:
-            out = io.StringIO()
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(out):
-                cli.main(s.argv)
-            lines = [ln for ln in out.getvalue().splitlines() if ln.startswith(("error[", "  hint:"))]
-            text = "<br>".join(ln.strip() for ln in lines).replace(f"{work}/", "").replace(f"{root}/", "")
-            print(f"| `{case_id}` | {CASES[case_id]} | `{s.error.__name__}` | {text.replace('|', '&#124;')} |")
+    print_case_rows(CASES, scenarios, lambda s, printed: (
+        f"`{s.error.__name__}`", [ln for ln in printed if ln.startswith(("error[", "  hint:"))]))
 
 
 if __name__ == "__main__":  # pragma: no cover

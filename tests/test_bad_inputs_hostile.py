@@ -182,30 +182,15 @@ def test_bad_input(case_id: str, tmp_path: Path, request: pytest.FixtureRequest)
 
 def print_messages() -> None:  # pragma: no cover - a helper for docs/errors.md
     """Print each case's first scenario's message, as the CLI prints it, as a table row."""
-    import tempfile
-
     sys.path.insert(0, str(Path(__file__).parent))
-    from helpers_models import build_tiny_model
+    from helpers_docs import print_case_rows
 
-    root = Path(tempfile.mkdtemp())
-    (root / "tiny").mkdir()
-    tiny = build_tiny_model(root / "tiny", "llama")
-    for case_id in CASES:
-        work = root / case_id
-        work.mkdir()
-        for s in scenarios(case_id, work, lambda: tiny)[:1]:
-            err = io.StringIO()
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-                try:
-                    cli.main(s.argv)
-                except SystemExit:
-                    pass
-            printed = err.getvalue().splitlines()
-            lines = ([ln for ln in printed if ": error: " in ln] if s.error is USAGE  # not the usage text
-                     else [ln for ln in printed if ln.startswith(("error[", "  "))])
-            text = "<br>".join(ln.strip() for ln in lines).replace(f"{work}/", "").replace(f"{root}/", "")
-            name = "usage error" if s.error is USAGE else f"`{s.error.__name__}`"
-            print(f"| `{case_id}` | {CASES[case_id]} | {name} | {text.replace('|', '&#124;')} |")
+    def describe(s, printed: list[str]) -> tuple[str, list[str]]:
+        if s.error is USAGE:  # argparse's own line, not the usage text
+            return "usage error", [ln for ln in printed if ": error: " in ln]
+        return f"`{s.error.__name__}`", [ln for ln in printed if ln.startswith(("error[", "  "))]
+
+    print_case_rows(CASES, scenarios, describe)
 
 
 if __name__ == "__main__":  # pragma: no cover
