@@ -404,10 +404,6 @@ class GGUFSource:
         """None: the tokenizer is in the GGUF metadata (tokenizer.ggml.*), not in HF files."""
         return None
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(t.nbytes for t in self._raw.values())
-
 
 def _bytes_hex(value: Any) -> str:
     if isinstance(value, bytes):

@@ -19,7 +19,8 @@ import numpy as np
 from aqrecipe.errors import CorruptFileError, ModelError
 from aqrecipe.models.architectures import ArchInfo, arch_info_from_metadata
 from aqrecipe.models.config_check import check_config
-from aqrecipe.models.files import INDEX_FILE, check_tokenizer_files, find_weight_files, load_config, load_json
+from aqrecipe.models.files import (INDEX_FILE, TOKENIZER_FILES, check_tokenizer_files, find_weight_files,
+                                   load_config, load_json)
 from aqrecipe.models.safetensors_io import RawTensor, read_header, read_tensor
 from aqrecipe.models.tensor_names import gguf_order_key
 from aqrecipe.models.tensor_names import hf_layer_of
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
     import gguf
 
     from aqrecipe.models.converter.bridge import Conversion
-
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 
 
 class ModelSource:
@@ -122,13 +121,9 @@ class ModelSource:
     @property
     def tokenizer_dir(self) -> Path | None:
         """The folder holding the HF tokenizer files, or None if there are none."""
-        if any((self.path / name).is_file() for name in _TOKENIZER_FILES):
+        if any((self.path / name).is_file() for name in TOKENIZER_FILES):
             return self.path
         return None
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(raw.nbytes for raw in self._raw.values())
 
 
 def open_model(ref: str | Path, base_dir: Path | None = None, *, allow_requantize: bool = False) -> Any:
