@@ -2,7 +2,7 @@
 
 Writes a random 2.4 GB (F32) llama-shaped folder with the demo's tokenizer, then runs
 ``aqrecipe quantize FOLDER --type Q8_0`` in a child process and reports its peak RSS against the
-size of the weights and of the largest tensor, and the bytes written to disk besides the output.
+size of the weights, of the largest tensor and of the imports alone.
 
 Usage: python bench/bench_pack_memory.py
 """

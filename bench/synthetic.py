@@ -123,3 +123,55 @@ def write_random_model(folder: Path, cfg: dict, *, seed: int = 0, shard_bytes: i
                 del values
     (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return folder
+
+
+def write_sparse_gguf(path: Path, cfg: dict = LLAMA_70B, n_merges: int = 280_147) -> Path:
+    """An F16 GGUF of ``cfg``'s shape: real header (hparams, a vocabulary of ``vocab_size`` tokens and
+    ``n_merges`` merges, every tensor's info), sparse data (the file is extended to its full size)."""
+    import gguf
+    import numpy as np
+
+    from aqrecipe.models.tensor_names import gguf_order_key
+
+    h, v, n = cfg["hidden_size"], cfg["vocab_size"], cfg["num_hidden_layers"]
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_block_count(n)
+    writer.add_context_length(cfg["max_position_embeddings"])
+    writer.add_embedding_length(h)
+    writer.add_feed_forward_length(cfg["intermediate_size"])
+    writer.add_head_count(cfg["num_attention_heads"])
+    writer.add_head_count_kv(cfg["num_key_value_heads"])
+    writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    writer.add_rope_freq_base(cfg["rope_theta"])
+    writer.add_file_type(int(gguf.LlamaFileType.MOSTLY_F16))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("llama-bpe")
+    writer.add_token_list([f"tok{i}" for i in range(v)])
+    writer.add_token_types([int(gguf.TokenType.NORMAL)] * v)
+    writer.add_token_merges([f"t{i} k{i}" for i in range(n_merges)])
+    names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+             "lm_head.weight": "output.weight"}
+    roles = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm", "self_attn.q_proj": "attn_q",
+             "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+    infos = []
+    for hf, shape in llama_tensor_shapes(cfg).items():
+        if hf in names:
+            name = names[hf]
+        else:
+            layer, rest = hf.removeprefix("model.layers.").split(".", 1)
+            name = f"blk.{layer}.{roles[rest.removesuffix('.weight')]}.weight"
+        infos.append((name, shape))
+    for name, shape in sorted(infos, key=lambda item: gguf_order_key(item[0])):
+        kind = gguf.GGMLQuantizationType.F16 if len(shape) == 2 else gguf.GGMLQuantizationType.F32
+        nbytes = int(np.prod(shape)) * (2 if len(shape) == 2 else 4)
+        writer.add_tensor_info(name, shape, np.dtype(np.float16), nbytes, raw_dtype=kind)
+    writer.write_header_to_file(path)
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    writer.close()
+    data = sum(gguf.GGUFWriter.ggml_pad(int(np.prod(s)) * (2 if len(s) == 2 else 4), 32) for _, s in infos)
+    with open(path, "r+b") as f:
+        f.seek(0, 2)
+        f.truncate(gguf.GGUFWriter.ggml_pad(f.tell(), 32) + data)
+    return path
