@@ -1,8 +1,8 @@
-"""Build (once) llama.cpp's own ``llama-imatrix`` and ``llama-quantize`` for the interop tests.
+"""Build (once) llama.cpp's own tools for the interop tests and the benchmarks against llama.cpp.
 
 The sources are the llama.cpp tree vendored in the llama-cpp-python sdist the project
 already depends on (same version as the installed ``llama_cpp``), fetched with pip.
-Only the two tool targets are built: Release, CPU only, static libraries (the binaries
+Only the tool targets are built: Release, CPU only, static libraries (the binaries
 do not depend on the build folder), niced and with 2 jobs so a shared machine stays usable.
 
 The result lives in ``~/.cache/aqrecipe/llama.cpp-tools/<version>/bin`` (or under
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 DEFAULT_VERSION = "0.3.36"  # llama-cpp-python release whose vendored llama.cpp we build
-TARGETS = ("llama-imatrix", "llama-quantize")
+TARGETS = ("llama-imatrix", "llama-quantize", "llama-perplexity", "llama-bench")
 CMAKE_FLAGS = (
     "-DCMAKE_BUILD_TYPE=Release",
     "-DBUILD_SHARED_LIBS=OFF",
@@ -83,7 +83,7 @@ def _complete(folder: Path) -> bool:
 
 
 def llamacpp_tools(version: str | None = None) -> dict[str, Path]:
-    """Paths of ``llama-imatrix`` and ``llama-quantize``, building them on first use.
+    """Paths of the tools in ``TARGETS`` by name, building them on first use.
 
     Raises :class:`LlamaCppBuildError` when the build fails (tests then fail: they are
     meant to run, not to be skipped).
