@@ -91,26 +91,3 @@ def test_an_architecture_the_torch_stages_cannot_run_still_packs(tmp_path: Path,
     err = capsys.readouterr().err
     assert code == EXIT_USER_ERROR and "Traceback" not in err
     assert "calibration" in err and "layer by layer" in err, err
-
-
-def test_a_mixture_of_experts_model_is_refused_not_written_as_float(tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, MixtralConfig
-
-    from aqrecipe.models.demo import materialize_demo
-
-    folder = tmp_path / "mixtral"
-    torch.manual_seed(0)
-    config = MixtralConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
-                           max_position_embeddings=128)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy2(materialize_demo() / name, folder / name)
-    out = tmp_path / "m.gguf"
-    code = cli.main(["quantize", str(folder), "--type", "Q4_K_M", "-o", str(out), "--no-eval"])
-    err = capsys.readouterr().err
-    assert code == EXIT_USER_ERROR and "Traceback" not in err
-    assert "mixture-of-experts" in err and "ffn_down_exps" in err
-    assert not out.exists()

@@ -132,6 +132,13 @@ def build_skeleton(source: WeightSource, attn_implementation: str | None, stage:
     Raises UnsupportedArchitectureError naming ``stage`` for GGUF input (no HF folder) and for a
     model whose decoder has no ``model.embed_tokens`` / ``model.layers``.
     """
+    if getattr(source.arch, "is_moe", False):
+        raise UnsupportedArchitectureError(
+            f"{stage} does not run mixture-of-experts models yet ({source.arch.n_expert} experts per layer): "
+            "per-expert statistics from the routed tokens are not collected",
+            hint="quantize with an imatrix made by llama-imatrix (--imatrix FILE, per-expert GGUF or legacy .dat), "
+            "or without one; mixtures, rules and packing of expert tensors work",
+        )
     model = empty_model(source, stage, attn_implementation=attn_implementation)
     base = decoder_of(model, stage)
     return model, base, model.config

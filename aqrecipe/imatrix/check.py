@@ -6,8 +6,10 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from aqrecipe.errors import ImatrixError
-from aqrecipe.imatrix.data import ImatrixData
+from aqrecipe.imatrix.data import ImatrixData, ImatrixEntry
 
 if TYPE_CHECKING:
     from aqrecipe.models.protocol import WeightSource
@@ -16,6 +18,12 @@ log = logging.getLogger(__name__)
 
 # output.weight is only in an imatrix when it was asked for (llama-imatrix --process-output)
 OPTIONAL = ("output.weight",)
+
+
+def is_optional(name: str) -> bool:
+    """Entries an imatrix may hold or lack: the output head, and expert routers (llama-imatrix
+    collects them, they are never quantized)."""
+    return name in OPTIONAL or "ffn_gate_inp" in name
 
 
 @dataclass(frozen=True)
@@ -36,30 +44,58 @@ class ImatrixMatch:
 
 
 def expected_columns(model_source: WeightSource) -> dict[str, int]:
-    """Weights llama.cpp collects imatrix data for: 2-D block weights (+ output.weight)."""
-    out: dict[str, int] = {}
+    """Weights llama.cpp collects imatrix data for: 2-D block weights and 3-D merged experts
+    (+ output.weight), with their column counts."""
+    return {name: cols for name, (_, cols) in expected_matrices(model_source).items()}
+
+
+def expected_matrices(model_source: WeightSource) -> dict[str, tuple[int, int]]:
+    """(matrices, columns) per weight: one matrix for a 2-D weight, one per expert for merged experts."""
+    out: dict[str, tuple[int, int]] = {}
     for t in model_source.tensors:
         name = t.gguf_name
         if len(t.shape) < 2 or not name.endswith(".weight"):
             continue
         if name.startswith("blk.") or name == "output.weight":
-            out[name] = int(t.shape[-1])  # HF orientation [out, in]: columns = in-features
+            n_mat = int(t.shape[0]) if len(t.shape) == 3 else 1
+            out[name] = (n_mat, int(t.shape[-1]))  # HF orientation [out, in]: columns = in-features
     return out
 
 
+def fit_expert_entries(imatrix: ImatrixData, model_source: WeightSource) -> int:
+    """Give every merged-expert entry one row per expert; returns how many entries were reshaped.
+
+    llama.cpp's legacy ``.dat`` stores an expert tensor's statistics as one vector of
+    ``n_cols x n_expert`` values (expert-major) with one call count, so the model's shape says where
+    each expert's row starts; GGUF imatrix files already hold one row and one count per expert.
+    """
+    reshaped = 0
+    for name, (n_mat, n_cols) in expected_matrices(model_source).items():
+        e = imatrix.entries.get(name)
+        if e is None or n_mat == 1 or e.n_mat != 1 or e.n_cols != n_mat * n_cols:
+            continue
+        in_sum = None if e.in_sum is None else e.in_sum.reshape(n_mat, n_cols)
+        imatrix.entries[name] = ImatrixEntry(e.in_sum2.reshape(n_mat, n_cols), np.repeat(e.counts, n_mat), in_sum)
+        reshaped += 1
+    return reshaped
+
+
 def match_imatrix(imatrix: ImatrixData, model_source: WeightSource) -> ImatrixMatch:
-    expected = expected_columns(model_source)
+    """Which entries fit the model's weights (columns, and one row per expert for merged experts)."""
+    expected = expected_matrices(model_source)
     matched, extra, sizes = [], [], []
     for name in imatrix.names:
         if name not in expected:
             extra.append(name)
             continue
-        n_cols = imatrix.entries[name].n_cols
-        if n_cols != expected[name]:
-            sizes.append((name, n_cols, expected[name]))
+        e, (n_mat, n_cols) = imatrix.entries[name], expected[name]
+        if e.n_cols != n_cols:
+            sizes.append((name, e.n_cols, n_cols))
+        elif e.n_mat not in (1, n_mat):  # one row for all experts: an old file, used for each of them
+            sizes.append((name, e.n_mat * e.n_cols, n_mat * n_cols))
         else:
             matched.append(name)
-    missing = [n for n in expected if n not in imatrix.entries and n not in OPTIONAL]
+    missing = [n for n in expected if n not in imatrix.entries and not is_optional(n)]
     return ImatrixMatch(tuple(matched), tuple(missing), tuple(extra), tuple(sizes))
 
 
@@ -75,6 +111,7 @@ def check_against_model(imatrix: ImatrixData, model_source: WeightSource, *, all
     always refused. Model weights without an entry (a partial imatrix) are
     refused unless ``allow_partial``; then they are reported in the log.
     """
+    fit_expert_entries(imatrix, model_source)
     m = match_imatrix(imatrix, model_source)
     problems = []
     if m.size_mismatches:

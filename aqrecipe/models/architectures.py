@@ -32,11 +32,18 @@ class ArchInfo:
     tied_embeddings: bool  # no output.weight: llama.cpp reuses token_embd as the output head
     context_length: int
     hf_model_type: str | None = None  # config.json's model_type; None for GGUF input
+    n_expert: int = 0  # routed experts per MoE layer (llama.cpp's expert_count); 0 for dense models
+    n_expert_used: int = 0  # experts each token is routed to (expert_used_count)
 
     @property
     def gqa_ratio(self) -> int:
         """Query heads per key/value head (llama.cpp's mixtures bump attn_v when it is >= 4)."""
         return max(1, self.n_head // max(1, self.n_head_kv))
+
+    @property
+    def is_moe(self) -> bool:
+        """A mixture of experts: llama.cpp stores each layer's routed experts as one 3-D tensor."""
+        return self.n_expert > 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,4 +101,6 @@ def arch_info_from_metadata(
         tied_embeddings=tied_embeddings,
         context_length=number("context_length", default=0),
         hf_model_type=hf_model_type,
+        n_expert=number("expert_count", default=0),
+        n_expert_used=number("expert_used_count", default=0),
     )

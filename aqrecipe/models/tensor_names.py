@@ -44,6 +44,41 @@ def role_of(gguf_name: str, *, tied_output: bool = False) -> str:
     return m.group(2) if m else gguf_name.removesuffix(".weight")
 
 
+#: Role groups a recipe rule can name (``role: experts``), besides any single role (``role: ffn_down_exps``).
+ROLE_GROUPS = {
+    "experts": "the routed experts of a mixture-of-experts layer (llama.cpp's merged ffn_*_exps tensors)",
+    "shared_experts": "the shared experts every token passes through (ffn_*_shexp)",
+    "router": "the expert routers (ffn_gate_inp*); never quantized, as in llama.cpp",
+    "attention": "the attention projections (attn_*, norms excluded)",
+    "dense_ffn": "the feed-forward tensors of dense layers (ffn_gate, ffn_up, ffn_down)",
+    "token_embd": "the token embeddings",
+    "output": "the output head (a tied token_embd included)",
+}
+
+
+def role_groups(role: str) -> tuple[str, ...]:
+    """The groups of :data:`ROLE_GROUPS` a role (from :func:`role_of`) belongs to."""
+    if role in ("token_embd", "output"):
+        return (role,)
+    if role.startswith("ffn_gate_inp") or role == "exp_probs_b":
+        return ("router",)
+    if role.endswith("_exps"):
+        return ("experts",)
+    if role.endswith("_shexp"):
+        return ("shared_experts",)
+    if role.startswith("attn_") and "norm" not in role:
+        return ("attention",)
+    if role in ("ffn_gate", "ffn_up", "ffn_down"):
+        return ("dense_ffn",)
+    return ()
+
+
+def answers_to_role(gguf_name: str, role: str, *, tied_output: bool = False) -> bool:
+    """Whether a tensor has ``role`` (a role such as ``ffn_down_exps``, or a group of :data:`ROLE_GROUPS`)."""
+    own = role_of(gguf_name, tied_output=tied_output)
+    return role == own or role in role_groups(own)
+
+
 def gguf_order_key(gguf_name: str) -> tuple:
     """token_embd, blk.0 .. blk.N (by name within a block), output_norm, output, others."""
     if gguf_name.startswith("token_embd."):

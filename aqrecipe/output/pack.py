@@ -21,7 +21,8 @@ def pack_entry(
     """Read one tensor, apply llama.cpp's layout transforms and encode it.
 
     Returns a uint8 array of exactly ``entry.n_bytes`` bytes, shaped (rows, row bytes).
-    ``importance`` is the per-column weight (an imatrix row) for types that use it;
+    ``importance`` is the per-column weight (an imatrix row) for types that use it; for merged
+    experts (a 3-D entry) it may hold one row per expert, and each expert is encoded with its own;
     ``ternary_absmean`` picks the BitNet-style block scale for TQ1_0 / TQ2_0.
     """
     weights = np.asarray(source.read_for_gguf(entry.gguf_name), dtype=np.float32)
@@ -38,7 +39,13 @@ def pack_entry(
             raise non_finite_error(source, entry.gguf_name)
         return np.ascontiguousarray(rows).view(np.uint8)
     try:
-        packed = codecs.quantize(rows, entry.type, importance, ternary_absmean=ternary_absmean)
+        per_expert = importance is not None and np.ndim(importance) == 2 and len(entry.shape) == 3
+        if per_expert:
+            experts = rows.reshape(int(entry.shape[0]), -1, row_len)
+            packed = np.concatenate([codecs.quantize(w, entry.type, imp, ternary_absmean=ternary_absmean)
+                                     for w, imp in zip(experts, expert_rows(importance, entry.shape))])
+        else:
+            packed = codecs.quantize(rows, entry.type, importance, ternary_absmean=ternary_absmean)
     except NonFiniteWeightError as exc:
         # The codec counts rows after llama.cpp's transforms; the user needs the checkpoint's own.
         raise non_finite_error(source, entry.gguf_name, fallback=exc) from None
@@ -48,5 +55,20 @@ def pack_entry(
     if packed.nbytes != entry.n_bytes:  # the plan and the codec disagree: a bug, not a user error
         raise AssertionError(f"{entry.gguf_name}: packed {packed.nbytes} bytes, plan says {entry.n_bytes}")
     return packed
+
+
+def expert_rows(importance: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Per-expert importance ``[n_expert, row_len]`` for a merged-expert tensor of ``shape``."""
+    imp = np.asarray(importance, dtype=np.float32)
+    n_expert, row_len = int(shape[0]), int(shape[-1])
+    if imp.shape == (1, row_len):
+        return np.broadcast_to(imp, (n_expert, row_len))
+    if imp.shape != (n_expert, row_len):
+        raise ShapeMismatchError(
+            f"importance of shape {imp.shape} for merged experts of shape {tuple(shape)}: expected one row of "
+            f"{row_len} per expert ({n_expert})",
+            hint="use an imatrix computed for this model (aqrecipe imatrix compute MODEL, or llama-imatrix)",
+        )
+    return imp
 
 

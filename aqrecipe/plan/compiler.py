@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Sequence
 
 from aqrecipe.quant.blocktypes import NEEDS_IMATRIX, fallback_for, file_type_for, layout
 from aqrecipe.quant.sizes import tensor_bytes
-from aqrecipe.errors import PlanError, UnsupportedArchitectureError
+from aqrecipe.errors import PlanError
 from aqrecipe.models.tensor_names import layer_of
-from aqrecipe.plan.mixtures import TensorContext, get_mixture, mixture_type
+from aqrecipe.plan.mixtures import TensorContext, get_mixture, is_attn_v_like, is_ffn_down_like, mixture_type
 from aqrecipe.plan.model import Plan, PlanEntry
 from aqrecipe.plan.rules import Rule, RuleSet, output_aliases, rule_reason, unused_entry
 
@@ -43,21 +43,8 @@ class PlanSpec:
 
 
 def is_quantizable(gguf_name: str, shape: Sequence[int]) -> bool:
-    """llama.cpp quantizes 2-D weights only, never norms or MoE routers."""
-    return len(shape) == 2 and "norm" not in gguf_name and "ffn_gate_inp" not in gguf_name
-
-
-def refuse_experts(source: ModelSource) -> None:
-    """Mixture-of-experts models convert (llama.cpp merges each layer's experts into one 3-D tensor),
-    but nothing here plans them yet: without this they would be written as float, silently."""
-    experts = [t.gguf_name for t in source.tensors if len(t.shape) > 2]
-    if experts:
-        raise UnsupportedArchitectureError(
-            f"{source.path} is a mixture-of-experts model ({len(experts)} merged expert tensors such as "
-            f"{experts[0]}): aqrecipe does not quantize expert tensors yet",
-            hint="dense models of every architecture llama.cpp converts are supported (`aqrecipe inspect "
-            "--supported`); for this model use llama-quantize until aqrecipe's MoE support lands",
-        )
+    """llama.cpp quantizes 2-D weights and 3-D merged experts, never norms or MoE routers."""
+    return len(shape) in (2, 3) and "norm" not in gguf_name and "ffn_gate_inp" not in gguf_name
 
 
 def compile_plan(
@@ -70,7 +57,6 @@ def compile_plan(
     options: dict | None = None,
 ) -> Plan:
     """Choose a type for every tensor of ``source`` and size the result."""
-    refuse_experts(source)
     for rule in spec.rules:
         layout(rule.type)  # unknown type names fail loudly with the allowed list
     base = spec.base_type()
@@ -81,6 +67,8 @@ def compile_plan(
     has_output = "output.weight" in names
     n_gqa = max(1, arch.n_head // max(1, arch.n_head_kv))
     ruleset = RuleSet(list(spec.rules))
+    n_attn_v = sum(1 for t in source.tensors if is_attn_v_like(t.gguf_name))
+    attn_v_seen = ffn_down_seen = 0  # llama.cpp's counters, in file order
 
     entries = []
     for info in source.tensors:
@@ -89,7 +77,8 @@ def compile_plan(
         for d in shape:
             n_params *= d
         if not is_quantizable(info.gguf_name, shape):
-            requested, chosen_by = "F32", "not quantized (1-D or norm)"
+            why = "expert router" if "ffn_gate_inp" in info.gguf_name else "1-D or norm"
+            requested, chosen_by = "F32", f"not quantized ({why})"
             ruleset.keep(info.gguf_name, info.hf_name)  # a rule naming only such tensors is told so
         else:
             aliases = output_aliases(info.gguf_name, has_output=has_output)  # a tied token_embd is the output
@@ -97,10 +86,14 @@ def compile_plan(
             if rule is not None:
                 requested, chosen_by = rule.type, rule_reason(rule, info.gguf_name, info.hf_name)
             elif mixture is not None:
-                ctx = TensorContext(info.gguf_name, shape[-1], layer_of(info.gguf_name), arch.n_layers, n_gqa, has_output)
+                ctx = TensorContext(info.gguf_name, shape[-1], layer_of(info.gguf_name), arch.n_layers, n_gqa,
+                                    has_output, n_expert=getattr(arch, "n_expert", 0), attn_v_index=attn_v_seen,
+                                    n_attn_v=n_attn_v, ffn_down_index=ffn_down_seen)
                 requested, chosen_by = mixture_type(mixture, base, ctx)
             else:
                 requested, chosen_by = base, "default"
+            attn_v_seen += is_attn_v_like(info.gguf_name)
+            ffn_down_seen += is_ffn_down_like(info.gguf_name)
         final = fallback_for(requested, shape[-1])
         if final != requested:
             chosen_by += f"; rows of {shape[-1]} do not fit {requested} blocks of {layout(requested).block_weights}, fallback {final}"

@@ -57,7 +57,13 @@ _IQ_LOW = frozenset({"IQ2_XXS", "IQ1_S", "IQ1_M"})
 
 @dataclass(frozen=True)
 class TensorContext:
-    """What a mixture needs to know about one tensor."""
+    """What a mixture needs to know about one tensor.
+
+    The counters are llama.cpp's: how many attn_v-like (attn_v, attn_qkv, attn_kv_b) and ffn_down-like
+    (ffn_down, ffn_down_exps, ffn_down_shexp) quantizable tensors come before this one in the file.
+    In a dense model each equals the layer index; in a mixture of experts with shared experts the
+    ffn_down counter runs twice as fast, which llama.cpp's IQ mixtures read as is.
+    """
 
     gguf_name: str
     row_len: int
@@ -65,6 +71,10 @@ class TensorContext:
     n_layers: int
     n_gqa: int  # n_head / n_head_kv
     has_output: bool  # False when output is tied to token_embd
+    n_expert: int = 0  # routed experts per layer (0: dense)
+    attn_v_index: int | None = None  # None: the layer index
+    n_attn_v: int | None = None  # attn_v-like tensors in the model; None: n_layers
+    ffn_down_index: int | None = None  # None: the layer index
 
 
 def get_mixture(name: str) -> Mixture:
@@ -82,11 +92,32 @@ def use_more_bits(layer: int, n_layers: int) -> bool:
     return layer < n_layers // 8 or layer >= 7 * n_layers // 8 or (layer - n_layers // 8) % 3 == 2
 
 
-def _role(name: str) -> str:
-    for role in ("attn_v.weight", "ffn_down", "attn_output.weight", "attn_qkv.weight"):
-        if role in name:
-            return role.split(".")[0]
+def category(name: str) -> str:
+    """llama.cpp's tensor category by name (substring tests in its order): attn_qkv, attn_v (also
+    attn_kv_b, which its mixtures treat alike), attn_k, attn_output, ffn_down (dense, routed and shared
+    experts alike), or the name itself."""
+    if "attn_qkv.weight" in name:  # kept as its own category, as before (see mixture_type)
+        return "attn_qkv"
+    if "attn_kv_b.weight" in name or "attn_v.weight" in name:
+        return "attn_v"
+    for found in ("attn_k.weight", "attn_output.weight"):
+        if found in name:
+            return found.split(".")[0]
+    if "ffn_up" in name or "ffn_gate" in name:  # llama.cpp tests these before ffn_down
+        return "ffn_up_gate"
+    if "ffn_down" in name:
+        return "ffn_down"
     return name
+
+
+def is_attn_v_like(name: str) -> bool:
+    """The tensors llama.cpp counts as attn_v (its ``n_attention_wv``)."""
+    return category(name) == "attn_v"
+
+
+def is_ffn_down_like(name: str) -> bool:
+    """The tensors llama.cpp counts as ffn_down (its ``i_ffn_down``)."""
+    return category(name) == "ffn_down"
 
 
 def mixture_type(mixture: Mixture, base_type: str, t: TensorContext) -> tuple[str, str]:
@@ -94,6 +125,7 @@ def mixture_type(mixture: Mixture, base_type: str, t: TensorContext) -> tuple[st
 
     ``base_type`` is the mixture's base type unless the recipe's ``default``
     overrides it. Fallbacks for rows that do not fit are applied later.
+    Mixtures of experts follow llama.cpp's bumps for 4 and 8 experts.
     """
     m = mixture.name
     name = t.gguf_name
@@ -114,26 +146,43 @@ def mixture_type(mixture: Mixture, base_type: str, t: TensorContext) -> tuple[st
         return base_type, f"{m} base type"
     if t.layer is None:
         return base_type, f"{m} base type"
-    i, n = t.layer, t.n_layers
-    role = _role(name)
+    role = category(name)
+    attn_v_i = t.layer if t.attn_v_index is None else t.attn_v_index
+    n_attn_v = t.n_layers if t.n_attn_v is None else t.n_attn_v
+    ffn_down_i = t.layer if t.ffn_down_index is None else t.ffn_down_index
+    experts = f", {t.n_expert} experts" if t.n_expert > 1 else ""
     if m in _IQ_LOW:
         if role == "attn_v":
-            return ("Q4_K" if t.n_gqa >= 4 else "Q2_K"), f"{m}: attn_v (GQA {t.n_gqa})"
-        if role == "ffn_down" and i < n // 8:
+            if t.n_gqa >= 4 or t.n_expert >= 4:
+                return "Q4_K", f"{m}: attn_v (GQA {t.n_gqa}{experts})"
+            return "Q2_K", f"{m}: attn_v (GQA {t.n_gqa})"
+        if role == "attn_k" and t.n_expert == 8:
+            return "Q4_K", f"{m}: attn_k{experts}"
+        if role == "ffn_down" and ffn_down_i < t.n_layers // 8:
             return "Q2_K", f"{m}: ffn_down in the first eighth"
-        if role == "attn_output" and m in ("IQ1_S", "IQ1_M"):
-            return "IQ2_XXS", f"{m}: attn_output"
+        if role == "attn_output":
+            if t.n_expert == 8:
+                return "Q5_K", f"{m}: attn_output{experts}"
+            if m in ("IQ1_S", "IQ1_M"):
+                return "IQ2_XXS", f"{m}: attn_output"
         return base_type, f"{m} base type"
     if role == "attn_v":
+        if t.n_expert == 8:
+            return "Q8_0", f"{m}: attn_v{experts}"
         if m == "Q2_K":
             return ("Q4_K" if t.n_gqa >= 4 else "Q3_K"), f"{m}: attn_v (GQA {t.n_gqa})"
         if m == "Q3_K_M":
-            return ("Q5_K" if i < 2 else "Q4_K"), f"{m}: attn_v"
-        if m in ("Q4_K_M", "Q5_K_M") and use_more_bits(i, n):
+            return ("Q5_K" if attn_v_i < 2 else "Q4_K"), f"{m}: attn_v"
+        if m in ("Q4_K_M", "Q5_K_M") and use_more_bits(attn_v_i, n_attn_v):
             return "Q6_K", f"{m}: attn_v in a more-bits layer"
-        if m == "Q4_K_S" and i < 4:
+        if m == "Q4_K_S" and attn_v_i < 4:
             return "Q5_K", f"{m}: attn_v in the first 4 layers"
+    elif role == "attn_k":
+        if t.n_expert == 8:
+            return "Q8_0", f"{m}: attn_k{experts}"
     elif role == "ffn_down":
+        i = t.layer if t.n_expert > 1 else ffn_down_i  # llama.cpp reads an MoE layer from the name
+        n = t.n_layers
         if m == "Q2_K":
             return "Q3_K", f"{m}: ffn_down"
         if m == "Q3_K_M":
@@ -143,13 +192,16 @@ def mixture_type(mixture: Mixture, base_type: str, t: TensorContext) -> tuple[st
             return "Q6_K", f"{m}: ffn_down in a more-bits layer"
         if m == "Q4_K_S" and i < n // 8:
             return "Q5_K", f"{m}: ffn_down in the first eighth"
-    elif role == "attn_output":
-        if m == "Q2_K":
-            return "Q3_K", f"{m}: attn_output"
-        if m == "Q3_K_M":
-            return "Q4_K", f"{m}: attn_output"
-    elif role == "attn_qkv":  # fused q/k/v (Phi-3 and others): llama.cpp bumps it as a whole
+    elif role == "attn_qkv":  # fused q/k/v (Phi-3 and others): bumped as a whole
         bumped = {"Q3_K_M": "Q4_K", "Q4_K_M": "Q5_K", "Q5_K_M": "Q6_K"}.get(m)
         if bumped:
             return bumped, f"{m}: attn_qkv"
+    elif role == "attn_output":
+        if t.n_expert == 8:
+            if m in ("Q2_K", "Q3_K_M", "Q4_K_S", "Q4_K_M"):
+                return "Q5_K", f"{m}: attn_output{experts}"
+        elif m == "Q2_K":
+            return "Q3_K", f"{m}: attn_output"
+        elif m == "Q3_K_M":
+            return "Q4_K", f"{m}: attn_output"
     return base_type, f"{m} base type"

@@ -1,8 +1,8 @@
 """Per-tensor rules: which recipe rule (or CLI ``--set``) chooses a tensor's type.
 
 Precedence follows the design card: an exact-name rule beats any ``re:``
-regex rule, which beats any glob rule; within one kind the first listed rule
-wins. A pattern is tried against the llama.cpp (GGUF) name and the Hugging
+regex rule, which beats any glob rule, which beats any role rule; within one
+kind the first listed rule wins. A pattern is tried against the llama.cpp (GGUF) name and the Hugging
 Face name of the tensor. Regexes use search semantics, like llama.cpp's
 ``--tensor-type``; anchor them with ``^``/``$`` to match whole names.
 
@@ -26,6 +26,11 @@ invalid (R109); one RE2 cannot run (backreferences, lookaround, atomic groups,
 possessive quantifiers, repetition counts above 1000, a compiled program over
 :data:`REGEX_MEMORY` bytes) is refused naming the rule (R114).
 
+Roles: ``role: experts`` in a recipe rule (``role:experts`` in ``--set``) names tensors by what
+they do instead of by name: a group of :data:`aqrecipe.models.tensor_names.ROLE_GROUPS` (routed
+experts, shared experts, routers, attention, dense feed-forward, embeddings, output) or one GGUF
+role (``ffn_down_exps``). Role rules are the broadest kind and come after globs.
+
 Unused rules: a rule that chooses no tensor is reported with the reason
 (:meth:`RuleSet.unused_reasons`): it matches nothing, it matches only tensors
 that stay F32, it duplicates an earlier rule, or rules that come first already
@@ -39,15 +44,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aqrecipe.errors import PlanError
+from aqrecipe.models.tensor_names import answers_to_role
+from aqrecipe.recipe.model import REGEX_PREFIX, ROLE_PREFIX, rule_kind
 from aqrecipe.recipe.patterns import REGEX_MEMORY, RuleRegexError, compile_rule_regex
 
-__all__ = ["REGEX_MEMORY", "RuleRegexError", "compile_rule_regex"]  # the matcher's home is recipe.patterns
+# the matcher's home is recipe.patterns, the pattern kinds' recipe.model
+__all__ = ["REGEX_MEMORY", "REGEX_PREFIX", "ROLE_PREFIX", "RuleRegexError", "compile_rule_regex", "rule_kind"]
 
-_KIND_ORDER = {"exact": 0, "regex": 1, "glob": 2}
-_KIND_NAME = {"exact": "an exact name", "regex": "a regex", "glob": "a glob"}
-_KIND_PLURAL = {"exact": "exact names", "regex": "regexes", "glob": "globs"}
-
-REGEX_PREFIX = "re:"
+_KIND_ORDER = {"exact": 0, "regex": 1, "glob": 2, "role": 3}
+_KIND_NAME = {"exact": "an exact name", "regex": "a regex", "glob": "a glob", "role": "a role"}
+_KIND_PLURAL = {"exact": "exact names", "regex": "regexes", "glob": "globs", "role": "roles"}
 
 #: The output head's names (GGUF, Hugging Face); a tied token_embd answers to them too.
 OUTPUT_NAMES = ("output.weight", "lm_head.weight")
@@ -59,7 +65,7 @@ class Rule:
 
     pattern: str  # as written, with the "re:" prefix for regexes
     type: str
-    kind: str  # "exact" | "regex" | "glob"
+    kind: str  # "exact" | "regex" | "glob" | "role"
     origin: str  # "recipe rules[3]" or "--set" : shown in the plan
 
     def matches(self, *names: str) -> bool:
@@ -70,16 +76,10 @@ class Rule:
             body = self.pattern[len(REGEX_PREFIX):] if self.pattern.startswith(REGEX_PREFIX) else self.pattern
             regex = compile_rule_regex(body, f"{self.origin} {self.pattern!r}")
             return any(regex.search(n) is not None for n in names)
+        if self.kind == "role":  # GGUF names (and a tied token_embd's output alias) carry the role
+            role = self.pattern.removeprefix(ROLE_PREFIX)
+            return any(answers_to_role(n, role) for n in names)
         return any(fnmatch.fnmatchcase(n, self.pattern) for n in names)
-
-
-def rule_kind(pattern: str) -> str:
-    """Classify a pattern: ``re:`` prefix is a regex, ``*?[`` make a glob, else exact."""
-    if pattern.startswith(REGEX_PREFIX):
-        return "regex"
-    if any(c in pattern for c in "*?["):
-        return "glob"
-    return "exact"
 
 
 def output_aliases(gguf_name: str, *, has_output: bool) -> tuple[str, ...]:

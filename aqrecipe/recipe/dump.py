@@ -15,7 +15,7 @@ _ORDER: dict[str, tuple[str, ...]] = {
          "planner", "quantization", "evaluation", "coherence"),
     "output": ("format", "path", "dtype"),
     "quantization": ("mixture", "default", "rules", "allow_without_imatrix", "ternary_scale"),
-    "rules": ("match", "type"),
+    "rules": ("match", "role", "type"),
     "evaluation": ("enabled", "text", "chunks", "context"),
 }
 

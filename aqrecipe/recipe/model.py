@@ -16,15 +16,18 @@ from aqrecipe.recipe.issues import RecipeIssue
 from aqrecipe.recipe.paths import Key, format_path, parse_path
 from aqrecipe.recipe.yaml_positions import PositionIndex
 
-RuleKind = Literal["exact", "regex", "glob"]
+RuleKind = Literal["exact", "regex", "glob", "role"]
 REGEX_PREFIX = "re:"
+ROLE_PREFIX = "role:"  # a rule's ``role: experts`` is the pattern ``role:experts`` (also in --set)
 GLOB_CHARS = frozenset("*?[")
 
 
 def rule_kind(match: str) -> RuleKind:
-    """``re:...`` is a regex, text with any of ``*?[`` is a glob, anything else an exact name."""
+    """``re:...`` is a regex, ``role:...`` a role, text with any of ``*?[`` a glob, anything else an exact name."""
     if match.startswith(REGEX_PREFIX):
         return "regex"
+    if match.startswith(ROLE_PREFIX):
+        return "role"
     if GLOB_CHARS & set(match):
         return "glob"
     return "exact"
@@ -49,7 +52,7 @@ class OutputSpec:
 
 @dataclass(frozen=True)
 class TensorRule:
-    """One rule; ``pattern`` has the ``re:`` prefix stripped for regex rules."""
+    """One rule; ``pattern`` has the ``re:`` / ``role:`` prefix stripped for regex and role rules."""
 
     pattern: str
     type: str
@@ -58,8 +61,9 @@ class TensorRule:
 
     @property
     def match_text(self) -> str:
-        """The pattern as written in the recipe (``re:`` prefix restored)."""
-        return REGEX_PREFIX + self.pattern if self.kind == "regex" else self.pattern
+        """The pattern as written in the recipe (``re:`` prefix restored; ``role:`` + a role rule's role)."""
+        prefix = {"regex": REGEX_PREFIX, "role": ROLE_PREFIX}.get(self.kind, "")
+        return prefix + self.pattern
 
     @property
     def regex(self) -> Any:
@@ -77,6 +81,8 @@ class TensorRule:
         return format_path(["quantization", "rules", self.index])
 
     def to_dict(self) -> dict[str, Any]:
+        if self.kind == "role":
+            return {"role": self.pattern, "type": self.type}
         return {"match": self.match_text, "type": self.type}
 
 
@@ -195,6 +201,13 @@ class Recipe:
         return RecipeIssue(code, line, column, format_path(keys), message, value, allowed, suggestion, source)
 
 
+def _tensor_rule(index: int, rule: dict[str, Any]) -> TensorRule:
+    match = rule["match"] if "match" in rule else ROLE_PREFIX + rule["role"]
+    kind = rule_kind(match)
+    prefix = {"regex": REGEX_PREFIX, "role": ROLE_PREFIX}.get(kind, "")
+    return TensorRule(pattern=match[len(prefix):], type=rule["type"], kind=kind, index=index)
+
+
 def build_recipe(data: dict[str, Any], *, source_path: Path | None = None, source_text: str | None = None,
                  positions: PositionIndex | None = None, sections: tuple[tuple[str, Any], ...] = ()) -> Recipe:
     """Recipe from schema-valid ``data``, filling defaults (the caller validated ``data``);
@@ -202,15 +215,7 @@ def build_recipe(data: dict[str, Any], *, source_path: Path | None = None, sourc
     out = data.get("output", {})
     quant = data["quantization"]
     ev = data.get("evaluation", {})
-    rules = tuple(
-        TensorRule(
-            pattern=r["match"][len(REGEX_PREFIX):] if rule_kind(r["match"]) == "regex" else r["match"],
-            type=r["type"],
-            kind=rule_kind(r["match"]),
-            index=i,
-        )
-        for i, r in enumerate(quant.get("rules", []))
-    )
+    rules = tuple(_tensor_rule(i, r) for i, r in enumerate(quant.get("rules", [])))
     defaults = EvaluationSpec()
     return Recipe(
         version=int(data["version"]),

@@ -50,6 +50,7 @@ def collect_issues(data: Any, positions: PositionIndex | None = None) -> list[Re
     index = positions or PositionIndex(None)
     found = _with_finite_numbers(data, index, validator().iter_errors(bounded_view(data)))
     found.extend(_regex_issues(data, index))
+    found.extend(_rule_target_issues(data, index))
     return found
 
 
@@ -241,6 +242,25 @@ def allowed_range(schema: dict[str, Any]) -> str:
         return f"from {low[1]} to {high[1]}"
     parts = [f"{side[0]}{side[1]}" for side in (low, high) if side]
     return " and ".join(parts) if parts else "any value"
+
+
+def _rule_target_issues(data: Any, index: PositionIndex) -> list[RecipeIssue]:
+    """Each rule names its tensors one way: ``match`` (a name, glob or ``re:``) or ``role``, not both."""
+    quant = data.get("quantization") if isinstance(data, dict) else None
+    rules = quant.get("rules") if isinstance(quant, dict) else None
+    found = []
+    for i, rule in enumerate(rules if isinstance(rules, list) else []):
+        if not isinstance(rule, dict) or not rule:
+            continue
+        keys: list[Key] = ["quantization", "rules", i]
+        if "match" in rule and "role" in rule:
+            found.append(_issue(index, keys + ["role"], codes.NOT_ALLOWED, "a rule has either 'match' or 'role', not both",
+                                allowed="one rule per way of naming tensors"))
+        elif "match" not in rule and "role" not in rule:
+            found.append(_issue(index, keys, codes.MISSING_KEY, "missing 'match' or 'role'",
+                                allowed="match: an exact tensor name, 're:<regex>' or a glob; or role: experts, "
+                                "shared_experts, router, attention, dense_ffn, token_embd, output or a GGUF role"))
+    return found
 
 
 def _regex_issues(data: Any, index: PositionIndex) -> list[RecipeIssue]:
