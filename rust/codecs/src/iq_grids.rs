@@ -37,6 +37,28 @@ pub(crate) fn iq2xxs_grid() -> &'static [[f32; 8]; 256] {
     })
 }
 
+/// The IQ2_XXS grid transposed, with its squares: `values[i][p]` is element
+/// `i` of grid point `p`, so a loop over the points for one element vectorises.
+pub(crate) struct Iq2xxsColumns {
+    pub values: [[f32; 256]; 8],
+    pub squares: [[f32; 256]; 8],
+}
+
+pub(crate) fn iq2xxs_columns() -> &'static Iq2xxsColumns {
+    static COLS: OnceLock<Box<Iq2xxsColumns>> = OnceLock::new();
+    COLS.get_or_init(|| {
+        let grid = iq2xxs_grid();
+        let mut c = Box::new(Iq2xxsColumns { values: [[0f32; 256]; 8], squares: [[0f32; 256]; 8] });
+        for (p, g) in grid.iter().enumerate() {
+            for i in 0..8 {
+                c.values[i][p] = g[i];
+                c.squares[i][p] = g[i] * g[i];
+            }
+        }
+        c
+    })
+}
+
 /// Ternary grid shared by IQ1_S and IQ1_M, plus a lookup from any ternary
 /// 8-vector to the grid: the entry itself when it is on the grid, otherwise
 /// the grid points closest to it (squared distance at most nearest + 1).
