@@ -59,15 +59,37 @@ fn best_point(tg: &TernaryGrid, x: &[f32], w: &[f32], s: f32, delta: f32) -> (u1
     if on >= 0 {
         return (on as u16, point_err(&tg.values[on as usize], x, w, s, delta));
     }
-    let (mut best, mut be) = (0u16, f32::INFINITY);
-    for &c in &tg.cand[tg.start[key] as usize..tg.start[key + 1] as usize] {
-        let e = point_err(&tg.values[c as usize], x, w, s, delta);
-        if e < be {
-            be = e;
-            best = c;
+    // Eight candidates at a time, one lane each; every lane sums its error in
+    // element order (as `point_err` does) and keeps its first minimum; the
+    // lanes then merge by value, ties to the earlier candidate: the same
+    // pick as one scan of the list, without a branch per candidate.
+    let (mut m, mut at) = ([f32::INFINITY; 8], [0u32; 8]);
+    let chunks = &tg.chunks[tg.chunk_start[key] as usize..tg.chunk_start[key + 1] as usize];
+    for (c, ch) in chunks.iter().enumerate() {
+        let mut e = [0f32; 8];
+        for i in 0..8 {
+            for l in 0..8 {
+                let r = x[i] - s * (ch.values[i][l] as f32 + delta);
+                e[l] += w[i] * r * r;
+            }
+        }
+        for l in 0..8 {
+            let better = (l < ch.len as usize) & (e[l] < m[l]);
+            m[l] = if better { e[l] } else { m[l] };
+            at[l] = if better { (8 * c + l) as u32 } else { at[l] };
         }
     }
-    (best, be)
+    let (mut best, mut be) = (u32::MAX, f32::INFINITY);
+    for l in 0..8 {
+        if m[l] < be || (m[l] == be && m[l] < f32::INFINITY && at[l] < best) {
+            be = m[l];
+            best = at[l];
+        }
+    }
+    if best == u32::MAX {
+        return (0, f32::INFINITY);
+    }
+    (chunks[best as usize / 8].index[best as usize % 8], be)
 }
 
 /// Points of one unit at scale s. `shared_delta`: one delta sign for the whole unit.
