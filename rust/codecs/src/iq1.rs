@@ -21,6 +21,7 @@
 use crate::half::f16_to_f32;
 use crate::iq_grids::{ternary_grid, ternary_key, TernaryGrid};
 use crate::layout::BlockType;
+use crate::simd::multiversion;
 use crate::lowbit_common::{f16_finite, get_f16, prepare_block, put_f16, round_clamp, QK_K};
 
 const DELTA: f32 = 0.125;
@@ -35,7 +36,7 @@ struct Pick {
     neg: bool,
 }
 
-#[inline]
+#[inline(always)]
 fn point_err(g: &[f32; 8], x: &[f32], w: &[f32], s: f32, delta: f32) -> f32 {
     let mut e = 0f32;
     for i in 0..8 {
@@ -46,6 +47,7 @@ fn point_err(g: &[f32; 8], x: &[f32], w: &[f32], s: f32, delta: f32) -> f32 {
 }
 
 /// Best grid point for 8 weights at scale s and offset delta: (index, error).
+#[inline(always)]
 fn best_point(tg: &TernaryGrid, x: &[f32], w: &[f32], s: f32, delta: f32) -> (u16, f32) {
     let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
     let mut t = [0i8; 8];
@@ -57,18 +59,41 @@ fn best_point(tg: &TernaryGrid, x: &[f32], w: &[f32], s: f32, delta: f32) -> (u1
     if on >= 0 {
         return (on as u16, point_err(&tg.values[on as usize], x, w, s, delta));
     }
-    let (mut best, mut be) = (0u16, f32::INFINITY);
-    for &c in &tg.cand[tg.start[key] as usize..tg.start[key + 1] as usize] {
-        let e = point_err(&tg.values[c as usize], x, w, s, delta);
-        if e < be {
-            be = e;
-            best = c;
+    // Eight candidates at a time, one lane each; every lane sums its error in
+    // element order (as `point_err` does) and keeps its first minimum; the
+    // lanes then merge by value, ties to the earlier candidate: the same
+    // pick as one scan of the list, without a branch per candidate.
+    let (mut m, mut at) = ([f32::INFINITY; 8], [0u32; 8]);
+    let chunks = &tg.chunks[tg.chunk_start[key] as usize..tg.chunk_start[key + 1] as usize];
+    for (c, ch) in chunks.iter().enumerate() {
+        let mut e = [0f32; 8];
+        for i in 0..8 {
+            for l in 0..8 {
+                let r = x[i] - s * (ch.values[i][l] as f32 + delta);
+                e[l] += w[i] * r * r;
+            }
+        }
+        for l in 0..8 {
+            let better = (l < ch.len as usize) & (e[l] < m[l]);
+            m[l] = if better { e[l] } else { m[l] };
+            at[l] = if better { (8 * c + l) as u32 } else { at[l] };
         }
     }
-    (best, be)
+    let (mut best, mut be) = (u32::MAX, f32::INFINITY);
+    for l in 0..8 {
+        if m[l] < be || (m[l] == be && m[l] < f32::INFINITY && at[l] < best) {
+            be = m[l];
+            best = at[l];
+        }
+    }
+    if best == u32::MAX {
+        return (0, f32::INFINITY);
+    }
+    (chunks[best as usize / 8].index[best as usize % 8], be)
 }
 
 /// Points of one unit at scale s. `shared_delta`: one delta sign for the whole unit.
+#[inline(always)]
 fn select(tg: &TernaryGrid, x: &[f32], w: &[f32], s: f32, shared_delta: bool, picks: &mut [Pick]) -> f32 {
     let n = picks.len();
     if shared_delta {
@@ -102,6 +127,7 @@ fn select(tg: &TernaryGrid, x: &[f32], w: &[f32], s: f32, shared_delta: bool, pi
 }
 
 /// Least-squares scale for fixed points: (scale, sum w (g+delta)^2).
+#[inline(always)]
 fn refit(tg: &TernaryGrid, x: &[f32], w: &[f32], picks: &[Pick]) -> (f32, f32) {
     let (mut n, mut d) = (0f32, 0f32);
     for (k, p) in picks.iter().enumerate() {
@@ -117,6 +143,7 @@ fn refit(tg: &TernaryGrid, x: &[f32], w: &[f32], picks: &[Pick]) -> (f32, f32) {
 }
 
 /// Best scale of one unit and the curvature of its error around it.
+#[inline(always)]
 fn unit_scale(tg: &TernaryGrid, x: &[f32], w: &[f32], shared: bool, picks: &mut [Pick]) -> (f32, f32) {
     let umax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     if umax == 0.0 {
@@ -151,6 +178,7 @@ fn unit_scale(tg: &TernaryGrid, x: &[f32], w: &[f32], shared: bool, picks: &mut 
 
 /// Shared encoder core: fills `picks` (one per 8 weights) and the
 /// 3-bit multiples `mult` of the returned block scale (normalised units).
+#[inline(always)]
 fn encode_core(x: &[f32; QK_K], w: &[f32; QK_K], unit: usize, shared: bool,
                snap: &dyn Fn(f32) -> f32, picks: &mut [Pick; 32], mult: &mut [u8]) -> f32 {
     let tg = ternary_grid();
@@ -205,10 +233,12 @@ fn encode_core(x: &[f32; QK_K], w: &[f32; QK_K], unit: usize, shared: bool,
     best_d
 }
 
+#[inline(always)]
 fn snapper(amax: f32) -> impl Fn(f32) -> f32 {
     move |v: f32| (f16_to_f32(f16_finite((v as f64 * amax as f64) as f32)) as f64 / amax as f64) as f32
 }
 
+multiversion! {
 pub(crate) fn encode_iq1_s(src: &[f32], importance: Option<&[f32]>, _opts: &crate::EncodeOptions, dst: &mut [u8]) {
     let (mut x, mut w) = ([0f32; QK_K], [0f32; QK_K]);
     for (b, (s, out)) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(S_BYTES)).enumerate() {
@@ -233,6 +263,7 @@ pub(crate) fn encode_iq1_s(src: &[f32], importance: Option<&[f32]>, _opts: &crat
         }
     }
 }
+}
 
 pub(crate) fn decode_iq1_s(src: &[u8], dst: &mut [f32]) {
     let tg = ternary_grid();
@@ -253,6 +284,7 @@ pub(crate) fn decode_iq1_s(src: &[u8], dst: &mut [f32]) {
     }
 }
 
+multiversion! {
 pub(crate) fn encode_iq1_m(src: &[f32], importance: Option<&[f32]>, _opts: &crate::EncodeOptions, dst: &mut [u8]) {
     let (mut x, mut w) = ([0f32; QK_K], [0f32; QK_K]);
     for (b, (s, out)) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(M_BYTES)).enumerate() {
@@ -277,6 +309,7 @@ pub(crate) fn encode_iq1_m(src: &[f32], importance: Option<&[f32]>, _opts: &crat
             out[M_SCALES + 2 * i..M_SCALES + 2 + 2 * i].copy_from_slice(&wd.to_le_bytes());
         }
     }
+}
 }
 
 pub(crate) fn decode_iq1_m(src: &[u8], dst: &mut [f32]) {

@@ -12,8 +12,9 @@
 //! odd count of negative signs makes the cheapest element flip, which D1
 //! accounts for), so every scale candidate costs 3 flops per grid point.
 
-use crate::iq_grids::{iq2xxs_grid, KSIGNS};
+use crate::iq_grids::{iq2xxs_columns, iq2xxs_grid, KSIGNS};
 use crate::layout::BlockType;
+use crate::simd::multiversion;
 use crate::lowbit_common::{get_f16, prepare_block, put_f16, QK_K};
 use crate::half::f16_to_f32;
 use crate::lowbit_common::f16_finite;
@@ -27,12 +28,13 @@ struct Scratch {
     d2: Vec<[f32; 256]>,
 }
 
+#[inline(always)]
 fn snap(v: f32, amax: f32) -> f32 {
     (f16_to_f32(f16_finite((v as f64 * amax as f64) as f32)) as f64 / amax as f64) as f32
 }
 
 /// Min over grid points of s^2 D2 - 2 s D1 (lane-wise so it vectorises).
-#[inline]
+#[inline(always)]
 fn sub_min(d1: &[f32; 256], d2: &[f32; 256], s: f32) -> f32 {
     let (a, b) = (s * s, -2.0 * s);
     let mut m = [f32::INFINITY; 8];
@@ -47,25 +49,41 @@ fn sub_min(d1: &[f32; 256], d2: &[f32; 256], s: f32) -> f32 {
     m.iter().fold(f32::INFINITY, |x, &y| if y < x { y } else { x })
 }
 
-#[inline]
+/// The first grid point (lowest index) where s^2 D2 - 2 s D1 is least.
+///
+/// Eight lanes keep their own first minimum (points 8c + l); the lanes are
+/// then merged by value, ties to the lower index: the same point as one
+/// scan in index order, but the scan vectorises.
+#[inline(always)]
 fn sub_argmin(d1: &[f32; 256], d2: &[f32; 256], s: f32) -> usize {
     let (a, b) = (s * s, -2.0 * s);
-    let (mut best, mut bv) = (0usize, f32::INFINITY);
-    for p in 0..256 {
-        let v = a * d2[p] + b * d1[p];
-        if v < bv {
-            bv = v;
-            best = p;
+    let mut m = [f32::INFINITY; 8];
+    let mut at = [0u32; 8];
+    for (c, (c1, c2)) in d1.chunks_exact(8).zip(d2.chunks_exact(8)).enumerate() {
+        for l in 0..8 {
+            let v = a * c2[l] + b * c1[l];
+            let better = v < m[l];
+            m[l] = if better { v } else { m[l] };
+            at[l] = if better { (8 * c + l) as u32 } else { at[l] };
         }
     }
-    best
+    let (mut best, mut bv) = (0u32, f32::INFINITY);
+    for l in 0..8 {
+        if m[l] < bv || (m[l] == bv && at[l] < best) {
+            bv = m[l];
+            best = at[l];
+        }
+    }
+    best as usize
 }
 
+#[inline(always)]
 fn group_err(sc: &Scratch, g: usize, s: f32) -> f32 {
     (4 * g..4 * g + 4).map(|k| sub_min(&sc.d1[k], &sc.d2[k], s)).sum()
 }
 
 /// Best scale of group g (normalised units) by candidate scan + refits.
+#[inline(always)]
 fn group_scale(sc: &Scratch, g: usize, gmax: f32) -> f32 {
     if gmax == 0.0 {
         return 0.0;
@@ -102,6 +120,7 @@ fn group_scale(sc: &Scratch, g: usize, gmax: f32) -> f32 {
 }
 
 /// Best 4-bit group scale index for block scale d, and its error.
+#[inline(always)]
 fn best_ls(sc: &Scratch, g: usize, s: f32, d: f32) -> (u32, f32) {
     let l = (s * 4.0 / d - 0.5).clamp(0.0, 15.0);
     let (lo, hi) = (l.floor() as u32, l.ceil() as u32);
@@ -113,6 +132,7 @@ fn best_ls(sc: &Scratch, g: usize, s: f32, d: f32) -> (u32, f32) {
     if e_hi < e_lo { (hi, e_hi) } else { (lo, e_lo) }
 }
 
+multiversion! {
 pub(crate) fn encode_iq2_xxs(src: &[f32], importance: Option<&[f32]>, _opts: &crate::EncodeOptions, dst: &mut [u8]) {
     let mut sc = Scratch { d1: vec![[0f32; 256]; SUBS], d2: vec![[0f32; 256]; SUBS] };
     let (mut x, mut w) = ([0f32; QK_K], [0f32; QK_K]);
@@ -121,7 +141,9 @@ pub(crate) fn encode_iq2_xxs(src: &[f32], importance: Option<&[f32]>, _opts: &cr
         encode_block(s, imp, &mut x, &mut w, &mut sc, d);
     }
 }
+}
 
+#[inline(always)]
 fn encode_block(src: &[f32], imp: Option<&[f32]>, x: &mut [f32; QK_K], w: &mut [f32; QK_K], sc: &mut Scratch, dst: &mut [u8]) {
     dst.fill(0);
     let amax = prepare_block(src, imp, x, w);
@@ -129,33 +151,35 @@ fn encode_block(src: &[f32], imp: Option<&[f32]>, x: &mut [f32; QK_K], w: &mut [
         return;
     }
     let grid = iq2xxs_grid();
-    let mut gsq = [[0f32; 8]; 256];
-    for (q, g) in gsq.iter_mut().zip(grid.iter()) {
-        for i in 0..8 {
-            q[i] = g[i] * g[i];
-        }
-    }
+    let cols = iq2xxs_columns();
     for k in 0..SUBS {
         let xs = &x[8 * k..8 * k + 8];
         let ws = &w[8 * k..8 * k + 8];
-        let mut wx = [0f32; 8];
         let mut negs = 0;
-        for i in 0..8 {
-            wx[i] = ws[i] * xs[i].abs();
-            negs += (xs[i] < 0.0) as u32;
+        for &v in xs {
+            negs += (v < 0.0) as u32;
         }
-        let odd = negs % 2 == 1;
-        for p in 0..256 {
-            let (gp, qp) = (&grid[p], &gsq[p]);
-            let (mut a, mut b, mut m) = (0f32, 0f32, f32::INFINITY);
-            for i in 0..8 {
-                let t = wx[i] * gp[i];
-                a += t;
-                b += ws[i] * qp[i];
-                m = if t < m { t } else { m };
+        // Points side by side, elements in order: each point's sums are
+        // accumulated exactly as a loop over its eight elements would.
+        let (a, b) = (&mut sc.d1[k], &mut sc.d2[k]);
+        let mut m = [f32::INFINITY; 256];
+        a.fill(0.0);
+        b.fill(0.0);
+        for i in 0..8 {
+            let wx = ws[i] * xs[i].abs();
+            let (gv, gq) = (&cols.values[i], &cols.squares[i]);
+            for p in 0..256 {
+                let t = wx * gv[p];
+                a[p] += t;
+                b[p] += ws[i] * gq[p];
+                m[p] = if t < m[p] { t } else { m[p] };
             }
-            sc.d1[k][p] = if odd { a - 2.0 * m } else { a };
-            sc.d2[k][p] = b;
+        }
+        if negs % 2 == 1 {
+            // an odd count of negative signs: the cheapest element flips
+            for p in 0..256 {
+                a[p] -= 2.0 * m[p];
+            }
         }
     }
     let mut gs = [0f32; 8];

@@ -37,6 +37,28 @@ pub(crate) fn iq2xxs_grid() -> &'static [[f32; 8]; 256] {
     })
 }
 
+/// The IQ2_XXS grid transposed, with its squares: `values[i][p]` is element
+/// `i` of grid point `p`, so a loop over the points for one element vectorises.
+pub(crate) struct Iq2xxsColumns {
+    pub values: [[f32; 256]; 8],
+    pub squares: [[f32; 256]; 8],
+}
+
+pub(crate) fn iq2xxs_columns() -> &'static Iq2xxsColumns {
+    static COLS: OnceLock<Box<Iq2xxsColumns>> = OnceLock::new();
+    COLS.get_or_init(|| {
+        let grid = iq2xxs_grid();
+        let mut c = Box::new(Iq2xxsColumns { values: [[0f32; 256]; 8], squares: [[0f32; 256]; 8] });
+        for (p, g) in grid.iter().enumerate() {
+            for i in 0..8 {
+                c.values[i][p] = g[i];
+                c.squares[i][p] = g[i] * g[i];
+            }
+        }
+        c
+    })
+}
+
 /// Ternary grid shared by IQ1_S and IQ1_M, plus a lookup from any ternary
 /// 8-vector to the grid: the entry itself when it is on the grid, otherwise
 /// the grid points closest to it (squared distance at most nearest + 1).
@@ -45,9 +67,22 @@ pub(crate) struct TernaryGrid {
     pub values: Box<[[f32; 8]; 2048]>,
     /// For each lattice key (sum of (t_k + 1) * 3^k): its grid index, or -1.
     pub on_grid: Box<[i16; KEYS]>,
-    /// Candidate list of key `k` is `cand[start[k]..start[k + 1]]` (off-grid keys only).
-    pub start: Box<[u32; KEYS + 1]>,
-    pub cand: Vec<u16>,
+    /// The candidate list of each off-grid key, cut into chunks of eight and
+    /// transposed for evaluating eight candidates at once: key `k` owns chunks
+    /// `chunk_start[k]..chunk_start[k + 1]` (none for on-grid keys).
+    pub chunk_start: Box<[u32; KEYS + 1]>,
+    pub chunks: Vec<CandidateChunk>,
+}
+
+/// Up to eight candidates of one key, in list order (lane l = candidate 8c + l).
+#[derive(Clone, Copy)]
+pub(crate) struct CandidateChunk {
+    /// `values[i][l]`: element i of candidate l (-1, 0, 1; 0 in unused lanes).
+    pub values: [[i8; 8]; 8],
+    /// Grid index of each lane's candidate.
+    pub index: [u16; 8],
+    /// Lanes in use (1..=8).
+    pub len: u8,
 }
 
 pub(crate) fn ternary_grid() -> &'static TernaryGrid {
@@ -105,7 +140,23 @@ fn build_ternary_grid() -> TernaryGrid {
         cand.extend((0..2048u16).filter(|&i| dist[i as usize] <= dmin + NEIGHBOUR_MARGIN));
     }
     start[KEYS] = cand.len() as u32;
-    TernaryGrid { values, on_grid, start, cand }
+    let mut chunk_start = Box::new([0u32; KEYS + 1]);
+    let mut chunks = Vec::new();
+    for key in 0..KEYS {
+        chunk_start[key] = chunks.len() as u32;
+        for part in cand[start[key] as usize..start[key + 1] as usize].chunks(8) {
+            let mut c = CandidateChunk { values: [[0; 8]; 8], index: [0; 8], len: part.len() as u8 };
+            for (l, &g) in part.iter().enumerate() {
+                c.index[l] = g;
+                for i in 0..8 {
+                    c.values[i][l] = levels[g as usize][i];
+                }
+            }
+            chunks.push(c);
+        }
+    }
+    chunk_start[KEYS] = chunks.len() as u32;
+    TernaryGrid { values, on_grid, chunk_start, chunks }
 }
 
 // Format tables, generated from the gguf package's grid data (format facts).

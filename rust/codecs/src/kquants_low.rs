@@ -11,9 +11,10 @@
 //! sub-scales onto the 4/6-bit grid, then alternating re-rounding of the codes
 //! and least-squares refits of the f16 super-scales (the stored values).
 
-use crate::lowbit_common::{fit_affine, fit_symmetric, get_f16, prepare_block, put_f16, round_codes, QK_K};
+use crate::lowbit_common::{fit_affine_16x16, fit_symmetric, get_f16, prepare_block, put_f16, round_codes, QK_K};
 use crate::half::{f16_to_f32};
 use crate::layout::BlockType;
+use crate::simd::multiversion;
 use crate::lowbit_common::{f16_finite, round_clamp};
 
 const Q2K_BYTES: usize = BlockType::Q2_K.block_bytes();
@@ -22,18 +23,19 @@ const Q2K_D: usize = BlockType::Q2_K.field("d").start;
 const Q2K_DMIN: usize = BlockType::Q2_K.field("dmin").start;
 const Q3K_D: usize = BlockType::Q3_K.field("d").start;
 
-#[inline]
+#[inline(always)]
 fn code_pos(e: usize) -> (usize, u32) {
     (32 * (e / 128) + e % 32, 2 * ((e % 128) / 32) as u32)
 }
 
 /// The value the decoder will see for scale `v` (normalised units) of a
 /// block whose inputs were divided by `amax`.
-#[inline]
+#[inline(always)]
 fn snap(v: f32, amax: f32) -> f32 {
     (f16_to_f32(f16_finite((v as f64 * amax as f64) as f32)) as f64 / amax as f64) as f32
 }
 
+multiversion! {
 pub(crate) fn encode_q2_k(src: &[f32], importance: Option<&[f32]>, _opts: &crate::EncodeOptions, dst: &mut [u8]) {
     let (mut x, mut w) = ([0f32; QK_K], [0f32; QK_K]);
     for (b, (s, d)) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(Q2K_BYTES)).enumerate() {
@@ -41,9 +43,12 @@ pub(crate) fn encode_q2_k(src: &[f32], importance: Option<&[f32]>, _opts: &crate
         encode_q2_k_block(s, imp, &mut x, &mut w, d);
     }
 }
+}
 
+#[inline(always)]
 fn requant_q2(x: &[f32], w: &[f32], d: f32, dmin: f32, sc: &[i8; 16], mn: &[i8; 16], q: &mut [u8; QK_K]) -> f32 {
-    let mut err = 0f32;
+    // element errors first (vectorises), then their sum in element order
+    let mut we = [0f32; QK_K];
     for j in 0..16 {
         let (a, b) = (d * sc[j] as f32, -dmin * mn[j] as f32);
         let inv = if a > 0.0 { 1.0 / a } else { 0.0 };
@@ -51,12 +56,13 @@ fn requant_q2(x: &[f32], w: &[f32], d: f32, dmin: f32, sc: &[i8; 16], mn: &[i8; 
             let qi = round_clamp((x[i] - b) * inv, 0.0, 3.0);
             q[i] = qi as u8;
             let e = x[i] - a * qi - b;
-            err += w[i] * e * e;
+            we[i] = w[i] * e * e;
         }
     }
-    err
+    we.iter().fold(0f32, |s, &v| s + v)
 }
 
+#[inline(always)]
 fn encode_q2_k_block(src: &[f32], imp: Option<&[f32]>, x: &mut [f32; QK_K], w: &mut [f32; QK_K], dst: &mut [u8]) {
     dst.fill(0);
     let amax = prepare_block(src, imp, x, w);
@@ -65,11 +71,11 @@ fn encode_q2_k_block(src: &[f32], imp: Option<&[f32]>, x: &mut [f32; QK_K], w: &
     }
     let mut q = [0u8; QK_K];
     let (mut a, mut m, mut wa, mut wm) = ([0f32; 16], [0f32; 16], [0f32; 16], [0f32; 16]);
+    let (fa, fb) = fit_affine_16x16(x, w, 3, &mut q);
     for j in 0..16 {
         let r = j * 16..j * 16 + 16;
-        let (aj, bj) = fit_affine(&x[r.clone()], &w[r.clone()], 3, &mut q[r.clone()]);
-        a[j] = aj.max(0.0);
-        m[j] = -bj;
+        a[j] = fa[j].max(0.0);
+        m[j] = -fb[j];
         for i in r {
             wa[j] += w[i] * (q[i] as f32) * (q[i] as f32);
             wm[j] += w[i];
@@ -132,6 +138,7 @@ pub(crate) fn decode_q2_k(src: &[u8], dst: &mut [f32]) {
     }
 }
 
+multiversion! {
 pub(crate) fn encode_q3_k(src: &[f32], importance: Option<&[f32]>, _opts: &crate::EncodeOptions, dst: &mut [u8]) {
     let (mut x, mut w) = ([0f32; QK_K], [0f32; QK_K]);
     for (b, (s, d)) in src.chunks_exact(QK_K).zip(dst.chunks_exact_mut(Q3K_BYTES)).enumerate() {
@@ -139,21 +146,24 @@ pub(crate) fn encode_q3_k(src: &[f32], importance: Option<&[f32]>, _opts: &crate
         encode_q3_k_block(s, imp, &mut x, &mut w, d);
     }
 }
+}
 
+#[inline(always)]
 fn requant_q3(x: &[f32], w: &[f32], d: f32, sc: &[i8; 16], q: &mut [i8; QK_K]) -> f32 {
-    let mut err = 0f32;
+    let mut we = [0f32; QK_K];
     for j in 0..16 {
         let a = d * sc[j] as f32;
         let r = j * 16..j * 16 + 16;
         round_codes(&x[r.clone()], a, -4, 3, &mut q[r.clone()]);
         for i in r {
             let e = x[i] - a * q[i] as f32;
-            err += w[i] * e * e;
+            we[i] = w[i] * e * e;
         }
     }
-    err
+    we.iter().fold(0f32, |s, &v| s + v)
 }
 
+#[inline(always)]
 fn encode_q3_k_block(src: &[f32], imp: Option<&[f32]>, x: &mut [f32; QK_K], w: &mut [f32; QK_K], dst: &mut [u8]) {
     dst.fill(0);
     let amax = prepare_block(src, imp, x, w);

@@ -24,6 +24,9 @@ mod lowbit_common;
 #[cfg(test)]
 mod lowbit_tests;
 mod qsearch;
+mod simd;
+#[cfg(test)]
+mod simd_tests;
 #[cfg(test)]
 mod codec_tests;
 #[cfg(test)]

@@ -55,6 +55,7 @@ pub(crate) fn round_clamp(v: f32, lo: f32, hi: f32) -> f32 {
 /// multiplied by the block-normalised importance plus a small floor so that
 /// every weight stays positive. Returns the block's max |src| (0 for an
 /// all-zero block, in which case `x` and `w` are left untouched).
+#[inline(always)]
 pub(crate) fn prepare_block(src: &[f32], importance: Option<&[f32]>, x: &mut [f32], w: &mut [f32]) -> f32 {
     let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
     if amax == 0.0 {
@@ -81,12 +82,22 @@ pub(crate) fn prepare_block(src: &[f32], importance: Option<&[f32]>, x: &mut [f3
     amax
 }
 
+/// Candidate inverse scales of [`fit_symmetric`]: 17 stretches (±40% in 5%
+/// steps) for each end of the range, padded to a multiple of 4 lanes.
+const SYM_TRIES: usize = 34;
+const SYM_LANES: usize = 36;
+
 /// Weighted fit `x ≈ s * q` with integer `q` in `qmin..=qmax` (qmin <= 0 < qmax).
 ///
 /// Candidate inverse scales map the largest-|x| element onto either end of
 /// the range, stretched by ±40%; for each, `s` is the weighted least-squares
 /// scale of the rounded codes, and the best is refined by one re-rounding.
 /// Writes the codes to `q` and returns `s` (0 when `x` is all zero).
+///
+/// All candidates are evaluated together, one lane each, so the loop over
+/// the elements vectorises; every lane accumulates in element order, so the
+/// result is the same as trying the candidates one by one.
+#[inline(always)]
 pub(crate) fn fit_symmetric(x: &[f32], w: &[f32], qmin: i32, qmax: i32, q: &mut [i8]) -> f32 {
     let xm = x.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
     if xm == 0.0 {
@@ -94,29 +105,39 @@ pub(crate) fn fit_symmetric(x: &[f32], w: &[f32], qmin: i32, qmax: i32, q: &mut 
         return 0.0;
     }
     let (lo, hi) = (qmin as f32, qmax as f32);
-    let eval = |iscale: f32| -> (f32, f32) {
+    let mut isc = [0f32; SYM_LANES];
+    for (c, end) in [lo, hi].into_iter().enumerate() {
+        for k in -8..=8i32 {
+            isc[17 * c + (k + 8) as usize] = end * (1.0 + 0.05 * k as f32) / xm;
+        }
+    }
+    let (mut sxq, mut sqq) = ([0f32; SYM_LANES], [0f32; SYM_LANES]);
+    for (&xi, &wi) in x.iter().zip(w) {
+        let wx = wi * xi;
+        for c in 0..SYM_LANES {
+            let qi = round_clamp(isc[c] * xi, lo, hi);
+            sxq[c] += wx * qi;
+            sqq[c] += wi * qi * qi;
+        }
+    }
+    let (mut best_gain, mut best_s) = (-1f32, 0f32);
+    for c in 0..SYM_TRIES {
+        let (gain, s) = if sqq[c] > 0.0 { (sxq[c] * sxq[c] / sqq[c], sxq[c] / sqq[c]) } else { (0.0, 0.0) };
+        if gain > best_gain {
+            best_gain = gain;
+            best_s = s;
+        }
+    }
+    if best_s != 0.0 {
+        let iscale = 1.0 / best_s;
         let (mut sxq, mut sqq) = (0f32, 0f32);
         for (&xi, &wi) in x.iter().zip(w) {
             let qi = round_clamp(iscale * xi, lo, hi);
             sxq += wi * xi * qi;
             sqq += wi * qi * qi;
         }
-        if sqq > 0.0 { (sxq * sxq / sqq, sxq / sqq) } else { (0.0, 0.0) }
-    };
-    let (mut best_gain, mut best_s) = (-1f32, 0f32);
-    for end in [lo, hi] {
-        for k in -8..=8 {
-            let (gain, s) = eval(end * (1.0 + 0.05 * k as f32) / xm);
-            if gain > best_gain {
-                best_gain = gain;
-                best_s = s;
-            }
-        }
-    }
-    if best_s != 0.0 {
-        let (gain, s) = eval(1.0 / best_s);
-        if gain > best_gain {
-            best_s = s;
+        if sqq > 0.0 && sxq * sxq / sqq > best_gain {
+            best_s = sxq / sqq;
         }
     }
     round_codes(x, best_s, qmin, qmax, q);
@@ -124,6 +145,7 @@ pub(crate) fn fit_symmetric(x: &[f32], w: &[f32], qmin: i32, qmax: i32, q: &mut 
 }
 
 /// `q = clamp(round(x / s))`, all zero when `s` is 0.
+#[inline(always)]
 pub(crate) fn round_codes(x: &[f32], s: f32, qmin: i32, qmax: i32, q: &mut [i8]) {
     if s == 0.0 || !s.is_finite() {
         q.fill(0);
@@ -135,48 +157,107 @@ pub(crate) fn round_codes(x: &[f32], s: f32, qmin: i32, qmax: i32, q: &mut [i8])
     }
 }
 
-/// Weighted fit `x ≈ a * q + b` with `q` in `0..=qmax` and `b <= 0` (the
-/// format stores a non-negative minimum that is subtracted). Tries several
-/// stretches of the [min(x, 0), max(x)] range; for each the codes are fixed
-/// and (a, b) solved by weighted least squares. Writes the codes, returns (a, b).
-pub(crate) fn fit_affine(x: &[f32], w: &[f32], qmax: u8, q: &mut [u8]) -> (f32, f32) {
-    let xmin = x.iter().fold(0f32, |m, &v| m.min(v));
-    let xmax = x.iter().fold(f32::MIN, |m, &v| m.max(v));
-    if xmax <= xmin {
-        q.fill(0);
-        return (0.0, xmin);
+/// Sub-blocks per super-block and weights per sub-block of [`fit_affine_16x16`].
+pub(crate) const SUB: usize = 16;
+
+/// Weighted fits `x ≈ a * q + b` with `q` in `0..=qmax` and `b <= 0` (the
+/// format stores a non-negative minimum that is subtracted) of the sixteen
+/// 16-weight sub-blocks of a super-block. For each sub-block, several
+/// stretches of the [min(x, 0), max(x)] range fix the codes and (a, b) is
+/// solved by weighted least squares; the least weighted error wins. Writes
+/// the codes, returns (a, b) per sub-block.
+///
+/// The sub-blocks run side by side (lane j = sub-block j, elements
+/// transposed), so every step is a vertical operation on 16 lanes; each lane
+/// accumulates in element order, exactly like a fit of one sub-block alone.
+#[inline(always)]
+pub(crate) fn fit_affine_16x16(x: &[f32; QK_K], w: &[f32; QK_K], qmax: u8, q: &mut [u8; QK_K]) -> ([f32; SUB], [f32; SUB]) {
+    type Lanes = [f32; SUB];
+    let (mut xt, mut wt) = ([[0f32; SUB]; SUB], [[0f32; SUB]; SUB]);
+    for j in 0..SUB {
+        for i in 0..SUB {
+            xt[i][j] = x[SUB * j + i];
+            wt[i][j] = w[SUB * j + i];
+        }
+    }
+    let (mut xmin, mut xmax) = ([0f32; SUB], [f32::MIN; SUB]);
+    let (mut sw, mut sx) = ([0f32; SUB], [0f32; SUB]);
+    for i in 0..SUB {
+        for j in 0..SUB {
+            xmin[j] = xmin[j].min(xt[i][j]);
+            xmax[j] = xmax[j].max(xt[i][j]);
+            sw[j] += wt[i][j];
+            sx[j] += wt[i][j] * xt[i][j];
+        }
+    }
+    let mut range: Lanes = [0f32; SUB];
+    for j in 0..SUB {
+        range[j] = xmax[j] - xmin[j];
     }
     let nq = qmax as f32;
-    let mut tmp = [0u8; 32];
-    let tmp = &mut tmp[..x.len()];
-    let (mut best_err, mut best) = (f32::INFINITY, (0f32, xmin));
-    for k in -6..=6 {
-        let iscale = (nq + 0.1 * k as f32) / (xmax - xmin);
-        for (t, &xi) in tmp.iter_mut().zip(x) {
-            *t = round_clamp(iscale * (xi - xmin), 0.0, nq) as u8;
+    let (mut best_err, mut best_a, mut best_b) = ([f32::INFINITY; SUB], [0f32; SUB], xmin);
+    let mut qt = [[0f32; SUB]; SUB];
+    let mut tmp = [[0f32; SUB]; SUB];
+    for k in -6..=6i32 {
+        let mut iscale: Lanes = [0f32; SUB];
+        for j in 0..SUB {
+            iscale[j] = (nq + 0.1 * k as f32) / range[j];
         }
-        let (a, b) = solve_affine(x, w, tmp);
-        let err = affine_error(x, w, tmp, a, b);
-        if err < best_err {
-            best_err = err;
-            best = (a, b);
-            q.copy_from_slice(tmp);
+        let (mut sq, mut sqq, mut sxq) = ([0f32; SUB], [0f32; SUB], [0f32; SUB]);
+        for i in 0..SUB {
+            for j in 0..SUB {
+                let t = round_clamp(iscale[j] * (xt[i][j] - xmin[j]), 0.0, nq);
+                // NaN (an inverse scale that overflowed) stands for code 0
+                let t = if t == t { t } else { 0.0 };
+                tmp[i][j] = t;
+                sq[j] += wt[i][j] * t;
+                sqq[j] += wt[i][j] * t * t;
+                sxq[j] += wt[i][j] * xt[i][j] * t;
+            }
+        }
+        let (mut a, mut b) = ([0f32; SUB], [0f32; SUB]);
+        for j in 0..SUB {
+            (a[j], b[j]) = solve_affine(sw[j], sq[j], sqq[j], sx[j], sxq[j]);
+        }
+        let mut err = [0f32; SUB];
+        for i in 0..SUB {
+            for j in 0..SUB {
+                let e = xt[i][j] - a[j] * tmp[i][j] - b[j];
+                err[j] += wt[i][j] * e * e;
+            }
+        }
+        for j in 0..SUB {
+            let better = err[j] < best_err[j];
+            if better {
+                best_err[j] = err[j];
+                best_a[j] = a[j];
+                best_b[j] = b[j];
+            }
+            for i in 0..SUB {
+                qt[i][j] = if better { tmp[i][j] } else { qt[i][j] };
+            }
         }
     }
-    best
+    for j in 0..SUB {
+        if xmax[j] <= xmin[j] {
+            // constant sub-block: codes 0, the offset carries it
+            best_a[j] = 0.0;
+            best_b[j] = xmin[j];
+            for i in 0..SUB {
+                qt[i][j] = 0.0;
+            }
+        }
+        for i in 0..SUB {
+            q[SUB * j + i] = qt[i][j] as u8;
+        }
+    }
+    (best_a, best_b)
 }
 
-/// Weighted least squares for `x ≈ a * q + b` with the constraint b <= 0.
-pub(crate) fn solve_affine(x: &[f32], w: &[f32], q: &[u8]) -> (f32, f32) {
-    let (mut sw, mut sq, mut sqq, mut sx, mut sxq) = (0f32, 0f32, 0f32, 0f32, 0f32);
-    for ((&xi, &wi), &qi) in x.iter().zip(w).zip(q) {
-        let qf = qi as f32;
-        sw += wi;
-        sq += wi * qf;
-        sqq += wi * qf * qf;
-        sx += wi * xi;
-        sxq += wi * xi * qf;
-    }
+/// Weighted least squares for `x ≈ a * q + b` with the constraint b <= 0,
+/// from the sums of w, w q, w q², w x and w x q.
+#[inline(always)]
+fn solve_affine(sw: f32, sq: f32, sqq: f32, sx: f32, sxq: f32) -> (f32, f32) {
     let det = sw * sqq - sq * sq;
     if det > 1e-12 * sw * sqq {
         let a = (sw * sxq - sq * sx) / det;
@@ -187,11 +268,4 @@ pub(crate) fn solve_affine(x: &[f32], w: &[f32], q: &[u8]) -> (f32, f32) {
     }
     // all codes equal, or the free fit wants a positive offset: fit a alone
     if sqq > 0.0 { (sxq / sqq, 0.0) } else { (0.0, (sx / sw.max(f32::MIN_POSITIVE)).min(0.0)) }
-}
-
-pub(crate) fn affine_error(x: &[f32], w: &[f32], q: &[u8], a: f32, b: f32) -> f32 {
-    x.iter().zip(w).zip(q).map(|((&xi, &wi), &qi)| {
-        let e = xi - a * qi as f32 - b;
-        wi * e * e
-    }).sum()
 }

@@ -209,7 +209,7 @@ fn ternary_neighbours_are_nearest() {
         assert_eq!(tg.on_grid[ternary_key(&t)], i as i16);
     }
     for key in 0..6561 {
-        let n = tg.start[key + 1] - tg.start[key];
+        let n = tg.chunk_start[key + 1] - tg.chunk_start[key];
         assert_eq!(n == 0, tg.on_grid[key] >= 0, "key {key}");
     }
 }
