@@ -16,6 +16,7 @@ from aqrecipe.models.tensor_names import layer_of
 from aqrecipe.plan.mixtures import TensorContext, get_mixture, mixture_type
 from aqrecipe.plan.model import Plan, PlanEntry
 from aqrecipe.plan.rules import Rule, RuleSet, output_aliases, rule_reason, unused_entry
+from aqrecipe.recipe.rounding import RTN, Rounding
 
 if TYPE_CHECKING:
     from aqrecipe.models import ModelSource
@@ -27,6 +28,7 @@ class PlanSpec:
     mixture: str | None = None
     default: str | None = None
     rules: tuple[Rule, ...] = ()
+    rounding: Rounding = RTN  # of every quantized tensor a rule with its own rounding does not choose
 
     def base_type(self) -> str:
         if self.default:
@@ -60,6 +62,14 @@ def refuse_experts(source: ModelSource) -> None:
         )
 
 
+def entry_rounding(gguf_name: str, type_name: str, rounding: Rounding) -> dict | None:
+    """A plan entry's rounding: gptq only for block-quantized linear weights (the token embedding is
+    looked up, not multiplied with an input, so it has no Hessian and keeps round-to-nearest)."""
+    if not rounding.is_gptq or type_name in ("F32", "F16", "BF16") or gguf_name == "token_embd.weight":
+        return None
+    return rounding.to_dict()
+
+
 def compile_plan(
     source: ModelSource,
     spec: PlanSpec,
@@ -88,6 +98,7 @@ def compile_plan(
         n_params = 1
         for d in shape:
             n_params *= d
+        rounding = spec.rounding
         if not is_quantizable(info.gguf_name, shape):
             requested, chosen_by = "F32", "not quantized (1-D or norm)"
             ruleset.keep(info.gguf_name, info.hf_name)  # a rule naming only such tensors is told so
@@ -96,6 +107,7 @@ def compile_plan(
             rule = ruleset.match(info.gguf_name, info.hf_name, aliases=aliases)
             if rule is not None:
                 requested, chosen_by = rule.type, rule_reason(rule, info.gguf_name, info.hf_name)
+                rounding = rule.rounding or rounding
             elif mixture is not None:
                 ctx = TensorContext(info.gguf_name, shape[-1], layer_of(info.gguf_name), arch.n_layers, n_gqa, has_output)
                 requested, chosen_by = mixture_type(mixture, base, ctx)
@@ -115,6 +127,7 @@ def compile_plan(
                 chosen_by=chosen_by,
                 n_params=n_params,
                 n_bytes=tensor_bytes(final, shape),
+                rounding=entry_rounding(info.gguf_name, final, rounding),
             )
         )
     return Plan(

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 from aqrecipe.errors import PlanError
 from aqrecipe.recipe.patterns import REGEX_MEMORY, RuleRegexError, compile_rule_regex
+from aqrecipe.recipe.rounding import Rounding
 
 __all__ = ["REGEX_MEMORY", "RuleRegexError", "compile_rule_regex"]  # the matcher's home is recipe.patterns
 
@@ -61,6 +62,7 @@ class Rule:
     type: str
     kind: str  # "exact" | "regex" | "glob"
     origin: str  # "recipe rules[3]" or "--set" : shown in the plan
+    rounding: Rounding | None = None  # the rule's own rounding; None: the spec's
 
     def matches(self, *names: str) -> bool:
         """Whether any of ``names`` matches (regexes: a search, as llama.cpp's ``--tensor-type``)."""

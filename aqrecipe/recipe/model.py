@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from aqrecipe.recipe.issues import RecipeIssue
 from aqrecipe.recipe.paths import Key, format_path, parse_path
+from aqrecipe.recipe.rounding import RTN, Rounding
 from aqrecipe.recipe.yaml_positions import PositionIndex
 
 RuleKind = Literal["exact", "regex", "glob"]
@@ -55,6 +56,7 @@ class TensorRule:
     type: str
     kind: RuleKind
     index: int  # position in quantization.rules (0-based)
+    rounding: Rounding | None = None  # the rule's own rounding (None: quantization.rounding)
 
     @property
     def match_text(self) -> str:
@@ -77,7 +79,10 @@ class TensorRule:
         return format_path(["quantization", "rules", self.index])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"match": self.match_text, "type": self.type}
+        out: dict[str, Any] = {"match": self.match_text, "type": self.type}
+        if self.rounding is not None:
+            out["rounding"] = self.rounding.to_dict()
+        return out
 
 
 #: Top-level sections owned by pipeline stages, in pipeline order.
@@ -93,6 +98,7 @@ class QuantizationSpec:
     rules: tuple[TensorRule, ...] = ()
     allow_without_imatrix: bool = False
     ternary_scale: str = "absmax"
+    rounding: Rounding = RTN
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -105,6 +111,8 @@ class QuantizationSpec:
             out["allow_without_imatrix"] = True
         if self.ternary_scale != "absmax":
             out["ternary_scale"] = self.ternary_scale
+        if self.rounding != RTN:
+            out["rounding"] = self.rounding.to_dict()
         return out
 
 
@@ -208,6 +216,7 @@ def build_recipe(data: dict[str, Any], *, source_path: Path | None = None, sourc
             type=r["type"],
             kind=rule_kind(r["match"]),
             index=i,
+            rounding=Rounding.from_dict(r["rounding"]) if "rounding" in r else None,
         )
         for i, r in enumerate(quant.get("rules", []))
     )
@@ -220,7 +229,8 @@ def build_recipe(data: dict[str, Any], *, source_path: Path | None = None, sourc
         output=OutputSpec(format=out.get("format", "gguf"), path=out.get("path"), dtype=out.get("dtype", "auto")),
         quantization=QuantizationSpec(mixture=quant.get("mixture"), default=quant.get("default"), rules=rules,
                                       allow_without_imatrix=bool(quant.get("allow_without_imatrix", False)),
-                                      ternary_scale=quant.get("ternary_scale", "absmax")),
+                                      ternary_scale=quant.get("ternary_scale", "absmax"),
+                                      rounding=Rounding.from_dict(quant.get("rounding"))),
         evaluation=EvaluationSpec(
             enabled=bool(ev.get("enabled", defaults.enabled)),
             text=ev.get("text", defaults.text),

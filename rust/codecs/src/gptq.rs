@@ -89,7 +89,7 @@ fn cholesky_lower(a: &mut [f64], n: usize) -> Result<(), usize> {
         let row_j = &mut a[j * n..(j + 1) * n];
         let s: f64 = row_j[..j].iter().map(|v| v * v).sum();
         let pivot = row_j[j] - s;
-        if !(pivot > 0.0) || !pivot.is_finite() {
+        if pivot.is_nan() || pivot <= 0.0 || pivot.is_infinite() {
             return Err(j);
         }
         let d = pivot.sqrt();
@@ -171,6 +171,7 @@ fn factor(hessian: &[f32], n: usize, order: &[usize], damp: f64) -> Result<Facto
 /// diagonal weight of each block's search; without it `diag(hessian)` is used, so a
 /// diagonal Hessian gives exactly the bytes of [`crate::quantize_rows`] with
 /// `importance = diag(H)`.
+#[allow(clippy::too_many_arguments)]
 pub fn quantize_rows_gptq(
     t: BlockType,
     data: &[f32],
