@@ -47,7 +47,7 @@ def test_twin_inputs_move_the_error_to_the_twin_block() -> None:
     rng = np.random.default_rng(1)
     z = correlated_inputs(rng, 32, 2048)
     x = np.concatenate([z, z], axis=1)
-    h = x.T @ x / len(x)
+    h = (x.T.astype(np.float64) @ x / len(x)).astype(np.float32)
     w = rng.standard_normal((8, 64)).astype(np.float32)
     d = np.diag(h).astype(np.float32)
     for t in ("Q4_0", "Q5_0", "Q8_0", "IQ4_NL"):
@@ -55,7 +55,9 @@ def test_twin_inputs_move_the_error_to_the_twin_block() -> None:
         q0 = dequantize(quantize(w[:, :32], t, d[:32]), t, (8, 32))
         assert np.array_equal(got[:, :32], q0), t
         want = dequantize(quantize(w[:, 32:] + w[:, :32] - q0, t, d[32:]), t, (8, 32))
-        assert np.mean(np.abs(got[:, 32:] - want) > 1e-6) < 0.01, t
+        # the codes may differ where a scale search sits on a tie; the output error may not
+        optimum = np.concatenate([q0, want], axis=1)
+        assert out_err(w, got, x) <= 1.02 * out_err(w, optimum, x), t
         rtn = dequantize(quantize(w, t, d), t, w.shape)
         assert out_err(w, got, x) < 0.75 * out_err(w, rtn, x), t
 
