@@ -3,13 +3,15 @@
 :class:`HessianObserver` rides the same layer-by-layer pass that computes the imatrix: the runner
 hands it every linear's input ``X`` ``[tokens, features]``; linears that read one input (q/k/v,
 gate/up) share one Hessian, as they share their imatrix statistics. Only the current stage's
-Hessians are in memory (float64 sums, ``8 · Σ n_i²`` bytes plus one float32 ``n²`` product per
-batch); when a stage ends they are written, as float32 means, to ``<folder>/hessians-<stage>.npz``
+Hessians are in memory (float64 sums, ``8 · Σ n_i²`` bytes, plus one float32 ``n²`` product per
+batch, and at the spill the float32 means and their serialized copy, another ``8 · Σ n_i²``);
+when a stage ends they are written, as float32 means, to ``<folder>/hessians-<stage>.npz``
 (atomically, before the stage's checkpoint commits, so a resumed run finds every finished stage's
 file) and freed. :class:`HessianStore` reads one tensor's Hessian back at a time for packing.
 
 For a 7B-shaped layer (hidden 4096, ffn 11008: inputs of 4096, 4096, 4096 and 11008 features)
-the bound is 8·(3·4096² + 11008²) + 4·11008² ≈ 1.86 GB; ``bench/bench_gptq.py`` measures it.
+the bound is 16·(3·4096² + 11008²) ≈ 2.55 GiB (plus the runner's activation batch);
+``bench/bench_gptq.py hessian`` measured a peak RSS of 2.87 GiB for it (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ def stage_file(folder: Path, stage: int) -> Path:
 
 
 def memory_bound(input_features: list[int]) -> int:
-    """Peak bytes of one stage's Hessians for linears reading inputs of these widths (distinct inputs)."""
-    return 8 * sum(n * n for n in input_features) + 4 * max((n * n for n in input_features), default=0)
+    """Peak bytes of one stage's Hessians for linears reading inputs of these widths (distinct inputs):
+    the float64 sums, then at the spill their float32 means and the serialized file's bytes."""
+    sums = 8 * sum(n * n for n in input_features)
+    return sums + max(4 * max((n * n for n in input_features), default=0), sums)
 
 
 class HessianObserver(LinearObserver):
