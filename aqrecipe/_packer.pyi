@@ -18,6 +18,20 @@ def quantize(
 ) -> npt.NDArray[np.uint8]:
     """Encode a C-contiguous 2-D float32 matrix; returns uint8 ``(rows, row_bytes)``."""
 
+def quantize_gptq(
+    x: npt.NDArray[np.float32],
+    type_name: str,
+    hessian: npt.NDArray[np.float32],
+    importance: npt.NDArray[np.float32] | None = None,
+    damp: float | None = None,
+    block_size: int | None = None,
+    act_order: bool | None = None,
+    ternary_absmean: bool | None = False,
+) -> npt.NDArray[np.uint8]:
+    """Encode with error-compensating (GPTQ) rounding against ``hessian`` (``(row_len, row_len)``
+    float32, C-contiguous: the input's XᵀX); returns uint8 ``(rows, row_bytes)``. ``None`` options
+    take the Rust defaults (damp 0.01, block_size 128, act_order False)."""
+
 def dequantize(data: npt.NDArray[np.uint8], type_name: str, shape: list[int]) -> npt.NDArray[np.float32]:
     """Decode C-contiguous uint8 bytes into float32 of ``shape`` (last entry = row length).
 

@@ -161,3 +161,15 @@ class ImportanceError(CodecError):
 
 class NonFiniteWeightError(CodecError):
     code = "AQ1006"
+
+
+class GptqOptionError(CodecError):
+    """A GPTQ rounding option is out of range, or the type is not block-quantized."""
+
+    code = "AQ1007"
+
+
+class HessianError(CodecError):
+    """A GPTQ Hessian (the input's XᵀX) has the wrong shape, is not finite, or is not positive definite."""
+
+    code = "AQ1008"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from aqrecipe.errors import ImatrixError
 from aqrecipe.recipe.sections import CalibrationSection
@@ -49,10 +49,13 @@ def resolve_imatrix(
     restart: bool = False,
     quiet: bool = False,
     max_memory: int | None = None,
+    observers: Sequence[Any] = (),
+    work_name: str = "imatrix",
 ) -> ImatrixData | None:
     """The imatrix this run packs with: ``--imatrix`` beats the recipe's section.
 
-    ``max_memory`` (bytes) sizes a computed one's activation cache and batches.
+    ``max_memory`` (bytes) sizes a computed one's activation cache and batches; ``observers`` ride
+    a computed one's calibration pass, whose checkpoints go to ``work_dir / work_name``.
     Raises :class:`ImatrixError` when the plan needs one and none is given.
     """
     from aqrecipe.imatrix import check_against_model, compute_imatrix, load_imatrix
@@ -74,11 +77,12 @@ def resolve_imatrix(
         data = compute_imatrix(
             plan.model_path,
             spec,
-            work_dir=work_dir / "imatrix" if work_dir else None,
+            work_dir=work_dir / work_name if work_dir else None,
             output=save,
             restart=restart,
             quiet=quiet,
             options=limited_options(RunnerOptions(), plan.model_path, spec, max_memory),
+            observers=observers,
         )
     if data is not None:
         check_against_model(data, plan_source(plan), allow_partial=allow_partial)

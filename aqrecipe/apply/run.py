@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from aqrecipe.apply.guard import check_destination, check_run_paths, locked_work_dir, staged_output
-from aqrecipe.apply.imatrix_stage import calibration_spec, resolve_imatrix
+from aqrecipe.apply.hessian_stage import resolve_calibration
+from aqrecipe.apply.imatrix_stage import calibration_spec
 from aqrecipe.apply.options import ApplyOptions, ApplyResult, default_work_dir, wants_folder, write_report
 from aqrecipe.apply.preflight import check_inputs
 from aqrecipe.apply.safetensors import run_safetensors_apply
@@ -76,7 +77,7 @@ def _apply_locked(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyO
     work_dir = options.work_dir or default_work_dir(dest)
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
-    imatrix = resolve_imatrix(
+    imatrix, hessians, calibration_report = resolve_calibration(
         plan, recipe, imatrix_path=options.imatrix_path, work_dir=work_dir, restart=options.restart, quiet=options.quiet,
         max_memory=options.max_memory,
     )
@@ -90,10 +91,10 @@ def _apply_locked(plan: Plan, recipe: Recipe | None, dest: Path, options: ApplyO
     t0 = time.perf_counter()
     log.info("packing %d tensors (%s, %.3f bpw) -> %s", len(plan.entries), plan.mixture or "custom", plan.bits_per_weight, dest)
     with staged_output(dest, work_dir) as staged:  # dest appears only once complete
-        write_plan_gguf(plan, staged, imatrix=imatrix)
+        write_plan_gguf(plan, staged, imatrix=imatrix, hessians=hessians)
     seconds["pack_and_write"] = time.perf_counter() - t0
 
-    extra: dict[str, Any] = {"imatrix": imatrix is not None, **outcome.report}
+    extra: dict[str, Any] = {"imatrix": imatrix is not None, **outcome.report, **calibration_report}
     quality = check_written(plan, recipe, dest, options, seconds, extra)
     return ApplyResult(
         output=dest, plan=plan, output_bytes=dest.stat().st_size, seconds=seconds, quality=quality, extra=extra

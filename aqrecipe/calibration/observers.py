@@ -31,6 +31,9 @@ class LinearObserver:
     #: head's input), also for tied embeddings, where no ``output.weight`` is observed
     wants_final = False
 
+    def bind(self, input_stats: InputStatsObserver | None) -> None:
+        """Called by the runner before the pass with its input-statistics observer (None without one)."""
+
     def wants(self, gguf_name: str) -> bool:
         """Whether :meth:`observe` should be called for this linear."""
         return True
@@ -66,6 +69,14 @@ class InputStatsObserver(LinearObserver):
 
     def alias(self, gguf_name: str, same_input_as: str) -> None:
         self._aliases[gguf_name] = same_input_as
+
+    def shared_input_of(self, gguf_name: str) -> str | None:
+        """The linear whose input ``gguf_name`` reads too (k and v: q), or None."""
+        return self._aliases.get(gguf_name)
+
+    def aliases_of(self, names: object) -> dict[str, str]:
+        """Every linear that shares the input of one of ``names``, with that name."""
+        return {a: s for a, s in self._aliases.items() if s in names}  # type: ignore[operator]
 
     def observe(self, layer: int, gguf_name: str, x: np.ndarray, y: np.ndarray | None) -> None:
         names = self._by_stage.setdefault(layer, [])

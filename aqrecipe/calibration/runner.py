@@ -291,6 +291,8 @@ def _make_observers(options: RunnerOptions, observers: Sequence[LinearObserver]
     ranges_obs = DownProjRanges(options.stats_backend, stats_obs) if options.collect else None
     all_obs: list[LinearObserver] = [o for o in (stats_obs, ranges_obs) if o is not None]
     all_obs += list(observers) if options.collect else []
+    for obs in observers:
+        obs.bind(stats_obs)
     keys = [o.key for o in all_obs]
     if len(set(keys)) != len(keys):
         raise ValueError(f"observer keys must be unique, got {keys}")

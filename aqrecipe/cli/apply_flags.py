@@ -34,6 +34,9 @@ def add_quantize_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protect-super-weights", action="store_true", help="find super weights, keep their tensors at Q8_0")
     p.add_argument("--target-bpw", type=finite_float(0, 32, low_open=True, unit="bits per weight"), metavar="BPW",
                    help="let the planner choose per-tensor types for this size (> 0 and <= 32, as planner.target_bpw)")
+    p.add_argument("--rounding", choices=("rtn", "gptq"), default="rtn",
+                   help="rtn: each block on its own (llama.cpp's way, default); gptq: error-compensating rounding "
+                        "with the layer inputs' Hessians from a calibration pass (quantization.rounding)")
     add_run_flags(p)
 
 

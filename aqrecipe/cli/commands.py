@@ -170,6 +170,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         imatrix=args.imatrix,
         protect_super_weights=args.protect_super_weights,
         target_bpw=args.target_bpw,
+        rounding=args.rounding,
     )
     if args.emit_recipe:
         from aqrecipe.recipe import dump_recipe_yaml

@@ -48,8 +48,13 @@ def shortcut_recipe(
     imatrix: str | None = None,
     protect_super_weights: bool = False,
     target_bpw: float | None = None,
+    rounding: str = "rtn",
 ) -> Recipe:
-    """The recipe equivalent to ``quantize MODEL --type T [--set P=T ...] [--imatrix F] [-o OUT]``."""
+    """The recipe equivalent to ``quantize MODEL --type T [--set P=T ...] [--imatrix F] [-o OUT]``.
+
+    ``rounding="gptq"`` (``--rounding gptq``) sets ``quantization.rounding: {type: gptq}``; its
+    Hessians come from a calibration pass, which computes the imatrix too unless ``imatrix`` is given.
+    """
     model_ref = model if model == "demo" else str(Path(model).resolve())
     data: dict[str, Any] = {
         "version": 1,
@@ -58,10 +63,12 @@ def shortcut_recipe(
         "quantization": quantization_section(type_name, set_options),
         "evaluation": {"enabled": False},  # like llama-quantize; --eval turns it on
     }
+    if rounding != "rtn":
+        data["quantization"]["rounding"] = {"type": rounding}
     if imatrix:
         data["imatrix"] = {"type": "file", "path": str(Path(imatrix).resolve())}
-    elif protect_super_weights or target_bpw is not None:
-        data["imatrix"] = {"type": "compute"}  # both techniques read the importance matrix
+    elif protect_super_weights or target_bpw is not None or rounding != "rtn":
+        data["imatrix"] = {"type": "compute"}  # these read the importance matrix (gptq: its calibration pass)
     if protect_super_weights:
         data["super_weights"] = {"detect": {"type": "combined"}, "protect": {"type": "raise-tensor"}}
     if target_bpw is not None:

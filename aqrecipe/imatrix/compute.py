@@ -79,15 +79,16 @@ def calibrate(model_ref: ModelRef, spec: CalibrationSpec = CalibrationSpec(),
 def compute_imatrix(model_ref: ModelRef, spec: CalibrationSpec = CalibrationSpec(),
                     work_dir: str | os.PathLike[str] | None = None, *, output: str | os.PathLike[str] | None = None,
                     restart: bool = False, options: RunnerOptions = RunnerOptions(),
-                    quiet: bool = False, base_dir: Path | None = None) -> ImatrixData:
+                    quiet: bool = False, base_dir: Path | None = None,
+                    observers: Sequence[LinearObserver] = ()) -> ImatrixData:
     """The importance matrix of ``model_ref`` ("demo", a folder or a ModelSource).
 
     With ``work_dir`` the run checkpoints after every layer and resumes a killed
     run (same fingerprint) to the same bytes. ``output`` (.gguf or .dat) is
-    written atomically when given.
+    written atomically when given. ``observers`` ride the same pass (e.g. GPTQ's Hessians).
     """
     result = calibrate(model_ref, spec, work_dir, restart=restart, options=options,
-                       quiet=quiet, base_dir=base_dir)
+                       quiet=quiet, base_dir=base_dir, observers=observers)
     data = imatrix_from_result(result, spec)
     if output is not None:
         from aqrecipe.imatrix.io import save_imatrix

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from aqrecipe.quant import codecs
-from aqrecipe.errors import CodecError, NonFiniteWeightError, ShapeMismatchError
+from aqrecipe.errors import CodecError, HessianError, NonFiniteWeightError, ShapeMismatchError
 from aqrecipe.models.nonfinite import non_finite_error
 
 if TYPE_CHECKING:
@@ -16,14 +16,17 @@ if TYPE_CHECKING:
 
 
 def pack_entry(
-    source: WeightSource, entry: PlanEntry, importance: np.ndarray | None = None, *, ternary_absmean: bool = False
+    source: WeightSource, entry: PlanEntry, importance: np.ndarray | None = None, *, ternary_absmean: bool = False,
+    hessian: np.ndarray | None = None,
 ) -> np.ndarray:
     """Read one tensor, apply llama.cpp's layout transforms and encode it.
 
     Returns a uint8 array of exactly ``entry.n_bytes`` bytes, shaped (rows, row bytes).
     ``importance`` is the per-column weight (an imatrix row) for types that use it; for merged
     experts (a 3-D entry) it may hold one row per expert, and each expert is encoded with its own;
-    ``ternary_absmean`` picks the BitNet-style block scale for TQ1_0 / TQ2_0.
+    ``ternary_absmean`` picks the BitNet-style block scale for TQ1_0 / TQ2_0. An entry whose
+    rounding is gptq is encoded with :func:`aqrecipe.quant.rounding.quantize_gptq` against
+    ``hessian`` (its input's XᵀX), which it then requires.
     """
     weights = np.asarray(source.read_for_gguf(entry.gguf_name), dtype=np.float32)
     row_len = int(entry.shape[-1]) if len(entry.shape) else 0
@@ -40,7 +43,9 @@ def pack_entry(
         return np.ascontiguousarray(rows).view(np.uint8)
     try:
         per_expert = importance is not None and np.ndim(importance) == 2 and len(entry.shape) == 3
-        if per_expert:
+        if entry.rounding is not None:
+            packed = _pack_gptq(entry, rows, importance, hessian, ternary_absmean)
+        elif per_expert:
             experts = rows.reshape(int(entry.shape[0]), -1, row_len)
             packed = np.concatenate([codecs.quantize(w, entry.type, imp, ternary_absmean=ternary_absmean)
                                      for w, imp in zip(experts, expert_rows(importance, entry.shape))])
@@ -71,4 +76,20 @@ def expert_rows(importance: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
         )
     return imp
 
+
+def _pack_gptq(entry: PlanEntry, rows: np.ndarray, importance: np.ndarray | None, hessian: np.ndarray | None,
+               ternary_absmean: bool) -> np.ndarray:
+    """GPTQ rounding of one entry (its ``rounding`` options) against its input's Hessian."""
+    from aqrecipe.quant.rounding import quantize_gptq
+    from aqrecipe.recipe.rounding import Rounding
+
+    if hessian is None:
+        raise HessianError(
+            f"{entry.gguf_name} has rounding gptq but no Hessian was collected for its input",
+            hint="gptq needs the calibration pass (apply collects it when the plan has gptq entries); "
+            "set rounding: {type: rtn} for tensors that are not linear layers",
+        )
+    r = Rounding.from_dict(entry.rounding)
+    return quantize_gptq(rows, entry.type, hessian, damp=r.damp, block_size=r.block_size, act_order=r.act_order,
+                         importance=importance, ternary_absmean=ternary_absmean)
 

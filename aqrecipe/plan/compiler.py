@@ -16,6 +16,7 @@ from aqrecipe.models.tensor_names import layer_of
 from aqrecipe.plan.mixtures import TensorContext, get_mixture, is_attn_v_like, is_ffn_down_like, mixture_type
 from aqrecipe.plan.model import Plan, PlanEntry
 from aqrecipe.plan.rules import Rule, RuleSet, output_aliases, rule_reason, unused_entry
+from aqrecipe.recipe.rounding import RTN, Rounding
 
 if TYPE_CHECKING:
     from aqrecipe.models import ModelSource
@@ -27,6 +28,7 @@ class PlanSpec:
     mixture: str | None = None
     default: str | None = None
     rules: tuple[Rule, ...] = ()
+    rounding: Rounding = RTN  # of every quantized tensor a rule with its own rounding does not choose
 
     def base_type(self) -> str:
         if self.default:
@@ -45,6 +47,14 @@ class PlanSpec:
 def is_quantizable(gguf_name: str, shape: Sequence[int]) -> bool:
     """llama.cpp quantizes 2-D weights and 3-D merged experts, never norms or MoE routers."""
     return len(shape) in (2, 3) and "norm" not in gguf_name and "ffn_gate_inp" not in gguf_name
+
+
+def entry_rounding(gguf_name: str, type_name: str, rounding: Rounding) -> dict | None:
+    """A plan entry's rounding: gptq only for block-quantized linear weights (the token embedding is
+    looked up, not multiplied with an input, so it has no Hessian and keeps round-to-nearest)."""
+    if not rounding.is_gptq or type_name in ("F32", "F16", "BF16") or gguf_name == "token_embd.weight":
+        return None
+    return rounding.to_dict()
 
 
 def compile_plan(
@@ -76,6 +86,7 @@ def compile_plan(
         n_params = 1
         for d in shape:
             n_params *= d
+        rounding = spec.rounding
         if not is_quantizable(info.gguf_name, shape):
             why = "expert router" if "ffn_gate_inp" in info.gguf_name else "1-D or norm"
             requested, chosen_by = "F32", f"not quantized ({why})"
@@ -85,6 +96,7 @@ def compile_plan(
             rule = ruleset.match(info.gguf_name, info.hf_name, aliases=aliases)
             if rule is not None:
                 requested, chosen_by = rule.type, rule_reason(rule, info.gguf_name, info.hf_name)
+                rounding = rule.rounding or rounding
             elif mixture is not None:
                 ctx = TensorContext(info.gguf_name, shape[-1], layer_of(info.gguf_name), arch.n_layers, n_gqa,
                                     has_output, n_expert=getattr(arch, "n_expert", 0), attn_v_index=attn_v_seen,
@@ -108,6 +120,7 @@ def compile_plan(
                 chosen_by=chosen_by,
                 n_params=n_params,
                 n_bytes=tensor_bytes(final, shape),
+                rounding=entry_rounding(info.gguf_name, final, rounding),
             )
         )
     return Plan(

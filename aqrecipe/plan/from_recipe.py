@@ -15,7 +15,7 @@ from aqrecipe.recipe import Recipe, load_recipe, parse_recipe
 def recipe_rules(recipe: Recipe) -> list[Rule]:
     """The recipe's tensor rules as plan rules (origin names the list index)."""
     return [
-        Rule(pattern=r.match_text, type=r.type, kind=r.kind, origin=f"rules[{r.index}]")
+        Rule(pattern=r.match_text, type=r.type, kind=r.kind, origin=f"rules[{r.index}]", rounding=r.rounding)
         for r in recipe.quantization.rules
     ]
 
@@ -38,6 +38,7 @@ def plan_from_recipe(recipe: Recipe, *, extra_rules: Sequence[Rule] = (), model_
         mixture=recipe.quantization.mixture,
         default=recipe.quantization.default,
         rules=tuple(extra_rules) + tuple(recipe_rules(recipe)),
+        rounding=recipe.quantization.rounding,
     )
     return compile_plan(
         source,

@@ -36,6 +36,15 @@ class PlanEntry:
     chosen_by: str  # the rule, mixture bump or default that chose it
     n_params: int
     n_bytes: int
+    #: ``Rounding.to_dict()`` of a gptq entry; None is round-to-nearest (left out of the plan's JSON,
+    #: so plans, their hashes and GGUF bytes without gptq are those of before)
+    rounding: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.rounding is None:
+            del data["rounding"]
+        return data
 
     @property
     def fallback(self) -> bool:
@@ -104,7 +113,7 @@ class Plan:
     # --- serialisation --------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["entries"] = [asdict(e) for e in self.entries]
+        data["entries"] = [e.to_dict() for e in self.entries]
         data["totals"] = {
             "n_params": self.n_params,
             "bytes": self.total_bytes,

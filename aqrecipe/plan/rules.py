@@ -47,6 +47,7 @@ from aqrecipe.errors import PlanError
 from aqrecipe.models.tensor_names import answers_to_role
 from aqrecipe.recipe.model import REGEX_PREFIX, ROLE_PREFIX, rule_kind
 from aqrecipe.recipe.patterns import REGEX_MEMORY, RuleRegexError, compile_rule_regex
+from aqrecipe.recipe.rounding import Rounding
 
 # the matcher's home is recipe.patterns, the pattern kinds' recipe.model
 __all__ = ["REGEX_MEMORY", "REGEX_PREFIX", "ROLE_PREFIX", "RuleRegexError", "compile_rule_regex", "rule_kind"]
@@ -67,6 +68,7 @@ class Rule:
     type: str
     kind: str  # "exact" | "regex" | "glob" | "role"
     origin: str  # "recipe rules[3]" or "--set" : shown in the plan
+    rounding: Rounding | None = None  # the rule's own rounding; None: the spec's
 
     def matches(self, *names: str) -> bool:
         """Whether any of ``names`` matches (regexes: a search, as llama.cpp's ``--tensor-type``)."""

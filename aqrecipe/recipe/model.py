@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from aqrecipe.recipe.issues import RecipeIssue
 from aqrecipe.recipe.paths import Key, format_path, parse_path
+from aqrecipe.recipe.rounding import RTN, Rounding
 from aqrecipe.recipe.yaml_positions import PositionIndex
 
 RuleKind = Literal["exact", "regex", "glob", "role"]
@@ -58,6 +59,7 @@ class TensorRule:
     type: str
     kind: RuleKind
     index: int  # position in quantization.rules (0-based)
+    rounding: Rounding | None = None  # the rule's own rounding (None: quantization.rounding)
 
     @property
     def match_text(self) -> str:
@@ -81,9 +83,11 @@ class TensorRule:
         return format_path(["quantization", "rules", self.index])
 
     def to_dict(self) -> dict[str, Any]:
-        if self.kind == "role":
-            return {"role": self.pattern, "type": self.type}
-        return {"match": self.match_text, "type": self.type}
+        out: dict[str, Any] = ({"role": self.pattern} if self.kind == "role" else {"match": self.match_text})
+        out["type"] = self.type
+        if self.rounding is not None:
+            out["rounding"] = self.rounding.to_dict()
+        return out
 
 
 #: Top-level sections owned by pipeline stages, in pipeline order.
@@ -99,6 +103,7 @@ class QuantizationSpec:
     rules: tuple[TensorRule, ...] = ()
     allow_without_imatrix: bool = False
     ternary_scale: str = "absmax"
+    rounding: Rounding = RTN
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -111,6 +116,8 @@ class QuantizationSpec:
             out["allow_without_imatrix"] = True
         if self.ternary_scale != "absmax":
             out["ternary_scale"] = self.ternary_scale
+        if self.rounding != RTN:
+            out["rounding"] = self.rounding.to_dict()
         return out
 
 
@@ -205,7 +212,8 @@ def _tensor_rule(index: int, rule: dict[str, Any]) -> TensorRule:
     match = rule["match"] if "match" in rule else ROLE_PREFIX + rule["role"]
     kind = rule_kind(match)
     prefix = {"regex": REGEX_PREFIX, "role": ROLE_PREFIX}.get(kind, "")
-    return TensorRule(pattern=match[len(prefix):], type=rule["type"], kind=kind, index=index)
+    rounding = Rounding.from_dict(rule["rounding"]) if "rounding" in rule else None
+    return TensorRule(pattern=match[len(prefix):], type=rule["type"], kind=kind, index=index, rounding=rounding)
 
 
 def build_recipe(data: dict[str, Any], *, source_path: Path | None = None, source_text: str | None = None,
@@ -225,7 +233,8 @@ def build_recipe(data: dict[str, Any], *, source_path: Path | None = None, sourc
         output=OutputSpec(format=out.get("format", "gguf"), path=out.get("path"), dtype=out.get("dtype", "auto")),
         quantization=QuantizationSpec(mixture=quant.get("mixture"), default=quant.get("default"), rules=rules,
                                       allow_without_imatrix=bool(quant.get("allow_without_imatrix", False)),
-                                      ternary_scale=quant.get("ternary_scale", "absmax")),
+                                      ternary_scale=quant.get("ternary_scale", "absmax"),
+                                      rounding=Rounding.from_dict(quant.get("rounding"))),
         evaluation=EvaluationSpec(
             enabled=bool(ev.get("enabled", defaults.enabled)),
             text=ev.get("text", defaults.text),

@@ -11,7 +11,8 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use aqrecipe_codecs::{
-    dequantize_rows, quantize_rows, BlockType, CodecError, EncodeOptions, LAYOUTS,
+    dequantize_rows, quantize_rows, quantize_rows_gptq, BlockType, CodecError, EncodeOptions,
+    GptqOptions, LAYOUTS,
 };
 use numpy::ndarray::{Array2, ArrayD, IxDyn};
 use numpy::{
@@ -71,6 +72,18 @@ fn to_py_err(py: Python<'_>, err: CodecError) -> PyErr {
         CodecError::SizeOverflow { .. } => (
             "ShapeMismatchError",
             "the shape is far larger than any real tensor: pass the tensor's own shape (rows, row_len), not a byte count or an unset value".into(),
+        ),
+        CodecError::GptqOption { .. } => (
+            "GptqOptionError",
+            "use damp >= 0 (e.g. 0.01), block_size >= 1 (e.g. 128) and a block-quantized type".into(),
+        ),
+        CodecError::HessianShape { .. } | CodecError::BadHessian { .. } => (
+            "HessianError",
+            "pass the layer input's X^T X (row_len x row_len, finite, from calibration) for this tensor".into(),
+        ),
+        CodecError::NotPositiveDefinite { .. } => (
+            "HessianError",
+            "raise rounding.damp (e.g. 0.05 or 0.1), or calibrate on more text".into(),
         ),
     };
     raise(py, class, msg, Some(hint))
@@ -277,6 +290,100 @@ fn quantize<'py>(
     })
 }
 
+/// Quantize with error-compensating (GPTQ) rounding against `hessian`
+/// (`(row_len, row_len)` float32, the input's XᵀX); returns uint8 `(rows, row_bytes)`.
+#[pyfunction]
+#[pyo3(signature = (x, type_name, hessian, importance=None, damp=None, block_size=None, act_order=None, ternary_absmean=None))]
+#[allow(clippy::too_many_arguments)]
+fn quantize_gptq<'py>(
+    py: Python<'py>,
+    x: &Bound<'py, PyAny>,
+    type_name: &Bound<'py, PyAny>,
+    hessian: &Bound<'py, PyAny>,
+    importance: Option<&Bound<'py, PyAny>>,
+    damp: Option<&Bound<'py, PyAny>>,
+    block_size: Option<&Bound<'py, PyAny>>,
+    act_order: Option<&Bound<'py, PyAny>>,
+    ternary_absmean: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyArray2<u8>>> {
+    let context = || describe(type_name, "x.shape", shape_of(x));
+    guarded(py, "quantize_gptq", context, || {
+        let t = type_name_of(py, type_name)?;
+        let use_face = "use aqrecipe.quant.rounding.quantize_gptq, which converts its input";
+        let x: PyReadonlyArray2<'py, f32> = x.extract().map_err(|_| {
+            bad_arg(py, "ShapeMismatchError", format!("x must be a 2-D float32 array, got {}", shape_of(x)), use_face)
+        })?;
+        let (rows, row_len) = (x.shape()[0], x.shape()[1]);
+        let rb = aqrecipe_codecs::row_bytes(t, row_len).map_err(|e| to_py_err(py, e))?;
+        let n_bytes = aqrecipe_codecs::tensor_bytes(t, rows, row_len).map_err(|e| to_py_err(py, e))?;
+        let data = x
+            .as_slice()
+            .map_err(|_| bad_arg(py, "ShapeMismatchError", "x must be C-contiguous".into(), use_face))?;
+        let h: PyReadonlyArray2<'py, f32> = hessian.extract().map_err(|_| {
+            bad_arg(py, "HessianError", format!("hessian must be a 2-D float32 array, got {}", shape_of(hessian)), use_face)
+        })?;
+        if h.shape() != [row_len, row_len] {
+            return Err(bad_arg(
+                py,
+                "HessianError",
+                format!("hessian has shape {:?}, expected ({row_len}, {row_len})", h.shape()),
+                "pass the X^T X of this tensor's input (one row and column per weight column)",
+            ));
+        }
+        let h = h
+            .as_slice()
+            .map_err(|_| bad_arg(py, "HessianError", "hessian must be C-contiguous".into(), use_face))?;
+        let imp_array: Option<PyReadonlyArray1<'py, f32>> = match importance {
+            Some(a) if !a.is_none() => Some(a.extract().map_err(|_| {
+                bad_arg(py, "ImportanceError", format!("importance must be a 1-D float32 array, got {}", shape_of(a)), use_face)
+            })?),
+            _ => None,
+        };
+        let imp = match &imp_array {
+            Some(a) => Some(
+                a.as_slice()
+                    .map_err(|_| bad_arg(py, "ImportanceError", "importance must be contiguous".into(), use_face))?,
+            ),
+            None => None,
+        };
+        let option_hint = "damp is a float >= 0, block_size an int >= 1, act_order a bool";
+        let defaults = GptqOptions::default();
+        let damp: f64 = match damp.filter(|v| !v.is_none()) {
+            Some(v) => v
+                .extract()
+                .map_err(|_| bad_arg(py, "GptqOptionError", format!("damp must be a number, got {}", show(v)), option_hint))?,
+            None => defaults.damp,
+        };
+        let block_size: usize = match block_size.filter(|v| !v.is_none()) {
+            Some(v) => v.extract().map_err(|_| {
+                bad_arg(py, "GptqOptionError", format!("block_size must be a positive integer, got {}", show(v)), option_hint)
+            })?,
+            None => defaults.block_size,
+        };
+        let act_order: bool = match act_order.filter(|v| !v.is_none()) {
+            Some(v) => v
+                .extract()
+                .map_err(|_| bad_arg(py, "GptqOptionError", format!("act_order must be a bool, got {}", show(v)), option_hint))?,
+            None => defaults.act_order,
+        };
+        let ternary_absmean = match ternary_absmean {
+            Some(flag) if !flag.is_none() => flag.extract::<bool>().map_err(|_| {
+                bad_arg(py, "CodecError", format!("ternary_absmean must be a bool, got {}", show(flag)), "pass True or False")
+            })?,
+            _ => false,
+        };
+        let opts = EncodeOptions { ternary_absmean };
+        let gopts = GptqOptions { damp, block_size, act_order };
+        let out = run_detached(py, || {
+            let mut out = vec![0u8; n_bytes];
+            quantize_rows_gptq(t, data, row_len, h, imp, &gopts, &opts, &mut out)?;
+            Array2::from_shape_vec((rows, rb), out)
+                .map_err(|_| CodecError::SizeOverflow { what: format!("the packed shape ({rows}, {rb})") })
+        })?;
+        Ok(PyArray::from_owned_array(py, out))
+    })
+}
+
 /// Dequantize bytes (any shape, C-contiguous uint8) into float32 of `shape`.
 #[pyfunction]
 fn dequantize<'py>(
@@ -375,6 +482,7 @@ fn layouts(py: Python<'_>) -> PyResult<Bound<'_, PyList>> {
 #[pymodule]
 fn _packer(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(quantize, m)?)?;
+    m.add_function(wrap_pyfunction!(quantize_gptq, m)?)?;
     m.add_function(wrap_pyfunction!(dequantize, m)?)?;
     m.add_function(wrap_pyfunction!(row_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(layouts, m)?)?;

@@ -24,6 +24,14 @@ pub enum CodecError {
     /// A size computed from the caller's shape (element count, byte count)
     /// exceeds `isize::MAX`, the most any array can hold: the shape is not real.
     SizeOverflow { what: String },
+    /// A GPTQ option is out of range, or the type is not block-quantized.
+    GptqOption { what: String },
+    /// The Hessian does not hold `row_len × row_len` values.
+    HessianShape { row_len: usize, got: usize },
+    /// The Hessian holds a non-finite value or a negative diagonal entry.
+    BadHessian { what: String },
+    /// The damped Hessian is not positive definite (Cholesky pivot at `col`).
+    NotPositiveDefinite { col: usize, damp: f64 },
 }
 
 impl fmt::Display for CodecError {
@@ -57,6 +65,16 @@ impl fmt::Display for CodecError {
                 f,
                 "{what} exceeds {}, the largest size an array can have",
                 isize::MAX
+            ),
+            CodecError::GptqOption { what } => write!(f, "GPTQ rounding: {what}"),
+            CodecError::HessianShape { row_len, got } => write!(
+                f,
+                "the Hessian has {got} values, expected {row_len} x {row_len} (one row and column per input column)"
+            ),
+            CodecError::BadHessian { what } => write!(f, "the Hessian is not a valid X X^T: {what}"),
+            CodecError::NotPositiveDefinite { col, damp } => write!(
+                f,
+                "the Hessian with damp {damp} is not positive definite (pivot at column {col})"
             ),
         }
     }

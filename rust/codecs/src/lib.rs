@@ -13,6 +13,7 @@ pub mod half;
 pub mod layout;
 
 mod float;
+pub mod gptq;
 mod iq1;
 mod iq2xxs;
 mod iq4nl;
@@ -36,6 +37,7 @@ mod size_tests;
 mod ternary;
 
 pub use error::CodecError;
+pub use gptq::{quantize_rows_gptq, GptqOptions};
 pub use layout::{BlockLayout, BlockType, LAYOUTS};
 
 use rayon::prelude::*;
