@@ -9,6 +9,7 @@ c. Q8_0, Q4_K_M and Q2_K: the KL divergence of each against the F16 file in llam
    ordered by type;
 d. a recipe with a computed imatrix, super-weight detection and the planner: the GGUF loads in llama.cpp;
 e. two ``quantize --type Q4_K_M`` runs write identical bytes;
+g. Q4_K_M and Q3_K_M: every tensor's type equals llama-quantize's on the same F16 file;
 f. the F16 GGUF as the model: ``quantize f16.gguf --type F16`` gives the F16's very logits (so b holds),
    ``--type Q4_K_M`` a KLD in its place between Q8_0 and Q2_K, close to the HF folder's Q4_K_M.
 
@@ -331,6 +332,22 @@ def test_recipe_with_imatrix_super_weights_and_planner(fam: FamilyRun) -> None:
     for logits in llama_logits(dest, windows):
         assert np.isfinite(logits).all()
         assert len(set(logits.argmax(-1).tolist())) > 1  # not one token everywhere
+
+
+@pytest.mark.llamacpp
+@pytest.mark.parametrize("file_type", ["Q4_K_M", "Q3_K_M"])
+def test_mixture_types_equal_llama_quantize(fam: FamilyRun, file_type: str) -> None:
+    """Every tensor's type as llama.cpp's own llama-quantize chooses it on the same F16 file."""
+    import gguf
+    from llamacpp_build import llamacpp_tools
+
+    theirs = fam.root / f"{fam.name}-llama-quantize-{file_type}.gguf"
+    proc = subprocess.run([str(llamacpp_tools()["llama-quantize"]), str(fam.gguf("F16")), str(theirs), file_type,
+                           "2"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    types = {path: {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
+             for path in (fam.gguf(file_type), theirs)}
+    assert types[fam.gguf(file_type)] == types[theirs]
 
 
 # ---------------------------------------------------------------------------------------------------------

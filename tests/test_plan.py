@@ -31,6 +31,7 @@ class FakeArch:
     n_head: int = 9
     n_head_kv: int = 3
     gguf_arch_name: str = "llama"
+    n_expert: int = 0
 
 
 class FakeSource:
@@ -194,12 +195,15 @@ def test_set_option_parsing() -> None:
         parse_set_option("Q4_K")
 
 
-@pytest.mark.parametrize(("mixture", "expected"), [("Q3_K_M", "Q4_K"), ("Q4_K_M", "Q5_K"), ("Q5_K_M", "Q6_K"),
-                                                   ("Q4_K_S", "Q4_K"), ("Q2_K", "Q2_K")])
+@pytest.mark.parametrize(("mixture", "expected"), [("Q3_K_M", "Q4_K"), ("Q4_K_M", "Q6_K"), ("Q5_K_M", "Q6_K"),
+                                                   ("Q4_K_S", "Q4_K"), ("Q2_K", "Q3_K")])
 def test_fused_qkv_is_bumped_as_llama_cpp_does(mixture: str, expected: str) -> None:
+    """llama.cpp's llama-quant.cpp counts attn_qkv as attn_v (category_is_attn_v): the 32nd of 32 is a
+    more-bits layer, past the first two and the first four; GQA 1 (tests/test_families.py compares the
+    whole Phi-3 file with llama-quantize's)."""
     from aqrecipe.plan.mixtures import TensorContext, get_mixture, mixture_type
 
     m = get_mixture(mixture)
-    ctx = TensorContext("blk.5.attn_qkv.weight", 3072, 5, 32, 1, True)
+    ctx = TensorContext("blk.31.attn_qkv.weight", 3072, 31, 32, 1, True)
     base = {"Q3_K_M": "Q3_K", "Q4_K_M": "Q4_K", "Q5_K_M": "Q5_K", "Q4_K_S": "Q4_K", "Q2_K": "Q2_K"}[mixture]
     assert mixture_type(m, base, ctx)[0] == expected

@@ -93,18 +93,14 @@ def use_more_bits(layer: int, n_layers: int) -> bool:
 
 
 def category(name: str) -> str:
-    """llama.cpp's tensor category by name (substring tests in its order): attn_qkv, attn_v (also
-    attn_kv_b, which its mixtures treat alike), attn_k, attn_output, ffn_down (dense, routed and shared
+    """llama.cpp's tensor category by name (substring tests in its order): attn_v (also the fused
+    attn_qkv and MLA's attn_kv_b, which its mixtures treat alike), attn_k, attn_output, ffn_down (dense, routed and shared
     experts alike), or the name itself."""
-    if "attn_qkv.weight" in name:  # kept as its own category, as before (see mixture_type)
-        return "attn_qkv"
-    if "attn_kv_b.weight" in name or "attn_v.weight" in name:
+    if "attn_qkv.weight" in name or "attn_kv_b.weight" in name or "attn_v.weight" in name:
         return "attn_v"
     for found in ("attn_k.weight", "attn_output.weight"):
         if found in name:
             return found.split(".")[0]
-    if "ffn_up" in name or "ffn_gate" in name:  # llama.cpp tests these before ffn_down
-        return "ffn_up_gate"
     if "ffn_down" in name:
         return "ffn_down"
     return name
@@ -192,10 +188,6 @@ def mixture_type(mixture: Mixture, base_type: str, t: TensorContext) -> tuple[st
             return "Q6_K", f"{m}: ffn_down in a more-bits layer"
         if m == "Q4_K_S" and i < n // 8:
             return "Q5_K", f"{m}: ffn_down in the first eighth"
-    elif role == "attn_qkv":  # fused q/k/v (Phi-3 and others): bumped as a whole
-        bumped = {"Q3_K_M": "Q4_K", "Q4_K_M": "Q5_K", "Q5_K_M": "Q6_K"}.get(m)
-        if bumped:
-            return bumped, f"{m}: attn_qkv"
     elif role == "attn_output":
         if t.n_expert == 8:
             if m in ("Q2_K", "Q3_K_M", "Q4_K_S", "Q4_K_M"):
