@@ -431,3 +431,31 @@ def test_structured_junk_only_raises_recipe_error(tree):
         assert all(i.line is not None for i in exc.issues if i.code.startswith("R1"))
     else:
         assert parse_recipe(dump_recipe_yaml(recipe)) == recipe
+
+
+@pytest.mark.parametrize(("rule", "code", "words"), [
+    ("{type: Q6_K}", "R102", "missing 'match' or 'role'"),
+    ("{match: output.weight, role: output, type: Q6_K}", "R112", "either 'match' or 'role', not both"),
+])
+def test_a_rule_names_its_tensors_one_way(tmp_path: Path, rule: str, code: str, words: str) -> None:
+    from aqrecipe.recipe import RecipeError, load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text(f"version: 1\nmodel: demo\nquantization:\n  default: Q4_K\n  rules:\n    - {rule}\n", encoding="utf-8")
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    text = "\n".join(i.format() for i in info.value.issues)
+    assert f" {code} " in text and words in text, text
+    if code == "R102":  # the hint lists the role groups
+        assert "experts, shared_experts, router" in text, text
+
+
+def test_a_role_rule_round_trips_as_written(tmp_path: Path) -> None:
+    from aqrecipe.recipe import load_recipe
+
+    path = tmp_path / "r.yaml"
+    path.write_text("version: 1\nmodel: demo\nquantization:\n  default: Q4_K\n  rules:\n    - role: experts\n"
+                    "      type: IQ1_S\n", encoding="utf-8")
+    rule = load_recipe(path).quantization.rules[0]
+    assert (rule.kind, rule.pattern, rule.match_text) == ("role", "experts", "role:experts")
+    assert rule.to_dict() == {"role": "experts", "type": "IQ1_S"}

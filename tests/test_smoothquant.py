@@ -114,9 +114,11 @@ def test_overrides_and_explicit_mappings(tiny_llama_dir):
 def test_moe_models_smooth_attention_only(tiny_llama_dir):
     from aqrecipe.models import open_model
 
-    class Moe:  # the source with an MoE config: everything else delegated
+    import dataclasses
+
+    class Moe:  # the source with 4 experts per layer: everything else delegated
         def __init__(self, src):
-            self._src, self.config = src, {**src.config, "num_local_experts": 4}
+            self._src, self.arch = src, dataclasses.replace(src.arch, n_expert=4)
 
         def __getattr__(self, name):
             return getattr(self._src, name)

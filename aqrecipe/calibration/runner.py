@@ -132,7 +132,7 @@ def build_skeleton(source: WeightSource, attn_implementation: str | None, stage:
     Raises UnsupportedArchitectureError naming ``stage`` for GGUF input (no HF folder) and for a
     model whose decoder has no ``model.embed_tokens`` / ``model.layers``.
     """
-    if getattr(source.arch, "is_moe", False):
+    if source.arch.is_moe:
         raise UnsupportedArchitectureError(
             f"{stage} does not run mixture-of-experts models yet ({source.arch.n_expert} experts per layer): "
             "per-expert statistics from the routed tokens are not collected",

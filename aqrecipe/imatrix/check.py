@@ -43,14 +43,9 @@ class ImatrixMatch:
         return d
 
 
-def expected_columns(model_source: WeightSource) -> dict[str, int]:
-    """Weights llama.cpp collects imatrix data for: 2-D block weights and 3-D merged experts
-    (+ output.weight), with their column counts."""
-    return {name: cols for name, (_, cols) in expected_matrices(model_source).items()}
-
-
 def expected_matrices(model_source: WeightSource) -> dict[str, tuple[int, int]]:
-    """(matrices, columns) per weight: one matrix for a 2-D weight, one per expert for merged experts."""
+    """Weights llama.cpp collects imatrix data for (2-D block weights, 3-D merged experts, output.weight)
+    with their (matrices, columns): one matrix for a 2-D weight, one per expert for merged experts."""
     out: dict[str, tuple[int, int]] = {}
     for t in model_source.tensors:
         name = t.gguf_name

@@ -33,7 +33,6 @@ class ArchInfo:
     context_length: int
     hf_model_type: str | None = None  # config.json's model_type; None for GGUF input
     n_expert: int = 0  # routed experts per MoE layer (llama.cpp's expert_count); 0 for dense models
-    n_expert_used: int = 0  # experts each token is routed to (expert_used_count)
 
     @property
     def gqa_ratio(self) -> int:
@@ -102,5 +101,4 @@ def arch_info_from_metadata(
         context_length=number("context_length", default=0),
         hf_model_type=hf_model_type,
         n_expert=number("expert_count", default=0),
-        n_expert_used=number("expert_used_count", default=0),
     )

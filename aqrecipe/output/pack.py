@@ -66,8 +66,6 @@ def expert_rows(importance: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """Per-expert importance ``[n_expert, row_len]`` for a merged-expert tensor of ``shape``."""
     imp = np.asarray(importance, dtype=np.float32)
     n_expert, row_len = int(shape[0]), int(shape[-1])
-    if imp.shape == (1, row_len):
-        return np.broadcast_to(imp, (n_expert, row_len))
     if imp.shape != (n_expert, row_len):
         raise ShapeMismatchError(
             f"importance of shape {imp.shape} for merged experts of shape {tuple(shape)}: expected one row of "

@@ -99,7 +99,7 @@ def compile_plan(
                 rounding = rule.rounding or rounding
             elif mixture is not None:
                 ctx = TensorContext(info.gguf_name, shape[-1], layer_of(info.gguf_name), arch.n_layers, n_gqa,
-                                    has_output, n_expert=getattr(arch, "n_expert", 0), attn_v_index=attn_v_seen,
+                                    has_output, n_expert=arch.n_expert, attn_v_index=attn_v_seen,
                                     n_attn_v=n_attn_v, ffn_down_index=ffn_down_seen)
                 requested, chosen_by = mixture_type(mixture, base, ctx)
             else:

@@ -257,9 +257,11 @@ def _rule_target_issues(data: Any, index: PositionIndex) -> list[RecipeIssue]:
             found.append(_issue(index, keys + ["role"], codes.NOT_ALLOWED, "a rule has either 'match' or 'role', not both",
                                 allowed="one rule per way of naming tensors"))
         elif "match" not in rule and "role" not in rule:
+            from aqrecipe.models.tensor_names import ROLE_GROUPS  # only for the message: models/ is heavy to import
+
             found.append(_issue(index, keys, codes.MISSING_KEY, "missing 'match' or 'role'",
-                                allowed="match: an exact tensor name, 're:<regex>' or a glob; or role: experts, "
-                                "shared_experts, router, attention, dense_ffn, token_embd, output or a GGUF role"))
+                                allowed="match: an exact tensor name, 're:<regex>' or a glob; or role: "
+                                f"{', '.join(ROLE_GROUPS)} or a GGUF role such as ffn_down_exps"))
     return found
 
 

@@ -29,7 +29,6 @@ from aqrecipe.smoothquant.config import GroupSpec, SmoothQuantConfig, SmoothQuan
 if TYPE_CHECKING:
     from aqrecipe.models.protocol import WeightSource
 
-_MOE_KEYS = ("num_local_experts", "num_experts", "n_routed_experts")
 #: kind -> (the norm's GGUF role, the roles of the linears reading its output)
 _AUTO = {"attn": ("attn_norm", ("attn_q", "attn_k", "attn_v", "attn_qkv")),
          "ffn": ("ffn_norm", ("ffn_gate", "ffn_up"))}
@@ -67,10 +66,6 @@ def norm_offset(config: dict[str, Any]) -> float:
     The graph check measures each smoothed norm's offset and skips a norm that disagrees.
     """
     return 1.0 if str(config.get("model_type", "")) in _ONE_PLUS_W else 0.0
-
-
-def is_moe(config: dict[str, Any]) -> bool:
-    return any(int(config.get(k) or 0) > 0 for k in _MOE_KEYS)
 
 
 class _Names:
@@ -128,7 +123,7 @@ def resolve_groups(source: WeightSource, cfg: SmoothQuantConfig) -> list[SmoothG
 
 
 def _auto(source: WeightSource, names: _Names) -> list[SmoothGroup]:
-    kinds = ("attn",) if is_moe(source.config) else ("attn", "ffn")
+    kinds = ("attn",) if source.arch.is_moe else ("attn", "ffn")
     groups = []
     for layer in range(source.arch.n_layers):
         tensors = names.layer_tensors.get(layer, {})
