@@ -37,7 +37,9 @@ def test_spearman_hand_computed() -> None:
 
 
 def test_candidates_fall_back_and_dedupe() -> None:
-    assert candidate_types(("Q2_K", "Q3_K", "IQ1_S", "Q4_K", "Q6_K", "Q8_0"), 576) == ["IQ4_NL", "Q5_0", "Q8_0"]
+    # llama.cpp's fallbacks for 576-wide rows: Q2_K, Q3_K -> Q4_0; IQ1_S -> IQ4_NL; Q4_K -> Q5_0; Q6_K -> Q8_0
+    assert candidate_types(("Q2_K", "Q3_K", "IQ1_S", "Q4_K", "Q6_K", "Q8_0"), 576) == ["IQ4_NL", "Q4_0", "Q5_0",
+                                                                                          "Q8_0"]
     assert candidate_types(("Q2_K", "Q4_K"), 1536) == ["Q2_K", "Q4_K"]
     assert role_of("token_embd.weight", tied_output=True) == "output"
     assert role_of("blk.3.ffn_down.weight") == "ffn_down"
