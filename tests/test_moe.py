@@ -4,13 +4,12 @@ expert and read by llama.cpp; mixtures choose llama-quantize's types; rules addr
 A tiny random Mixtral (8 experts, the count llama.cpp's mixtures bump for) is written by
 transformers, converted by llama.cpp's own converter and quantized by aqrecipe; llama.cpp's own
 ``llama-quantize`` on the F16 GGUF of the same model is the reference for the per-tensor types.
-Computing an imatrix by calibration is not done for MoE models yet: it is refused naming the
-alternative (an imatrix file from llama-imatrix), which is read per expert, GGUF and legacy .dat.
+An imatrix made by llama-imatrix is read per expert, GGUF and legacy .dat alike (computing one by
+calibration, other MoE families and the planner: tests/test_moe_calibration.py).
 """
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,7 +20,6 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from aqrecipe.cli.commands import main  # noqa: E402
-from aqrecipe.errors import EXIT_USER_ERROR  # noqa: E402
 from aqrecipe.optional import available  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -30,20 +28,9 @@ N_EXPERT = 8
 
 @pytest.fixture(scope="module")
 def mixtral(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM, MixtralConfig
+    from moe_models import build_moe
 
-    from aqrecipe.models.demo import materialize_demo
-
-    folder = tmp_path_factory.mktemp("mixtral") / "hf"
-    torch.manual_seed(0)
-    config = MixtralConfig(vocab_size=49152, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=N_EXPERT,
-                           num_experts_per_tok=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=2)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy2(materialize_demo() / name, folder / name)
-    return folder
+    return build_moe("mixtral", tmp_path_factory.mktemp("mixtral") / "hf")
 
 
 def _types(path: Path) -> dict[str, str]:
@@ -185,12 +172,3 @@ def test_per_expert_importance_packs_each_expert_with_its_own_row(mixtral: Path,
         np.testing.assert_array_equal(packed[rows], codecs.quantize(w[e], "Q4_K", imp[e]))
     with pytest.raises(Exception, match="one row of"):
         expert_rows(imp[:3], entry.shape)
-
-
-def test_computing_an_imatrix_for_moe_is_refused_naming_the_alternative(
-        mixtral: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["imatrix", "compute", str(mixtral), "-o", str(tmp_path / "im.gguf"), "--samples", "128"])
-    err = capsys.readouterr().err
-    assert code == EXIT_USER_ERROR and "Traceback" not in err
-    assert "mixture-of-experts" in err and "llama-imatrix" in err
-    assert not (tmp_path / "im.gguf").exists()

@@ -37,7 +37,8 @@ def calibration_spec(section: CalibrationSection | None, recipe: Recipe | None =
     src = section.source
     path = str(recipe.resolve_path(src.path)) if src.path is not None and recipe is not None else src.path
     return CalibrationSpec(source=src.type, path=path, field=src.field, name=src.name, config=src.config,
-                           split=src.split, samples=section.samples, seq_len=section.seq_len, seed=section.seed)
+                           split=src.split, samples=section.samples, seq_len=section.seq_len, seed=section.seed,
+                           all_experts=section.all_experts)
 
 
 def resolve_imatrix(

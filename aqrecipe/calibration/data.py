@@ -40,6 +40,9 @@ class CalibrationSpec:
     samples: int = 512
     seq_len: int = 512
     seed: int = 0
+    #: mixture-of-experts models: run every expert on every token for its statistics (llm-compressor's
+    #: moe_calibrate_all_experts) instead of only the tokens the router sends it (llama-imatrix's way)
+    all_experts: bool = False
     # Off only for tests and tiny models: the range keeps statistics meaningful.
     enforce_sample_range: bool = True
 
@@ -70,7 +73,10 @@ class CalibrationSpec:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.all_experts:  # absent unless set: earlier runs' fingerprints stay valid
+            d.pop("all_experts")
+        return d
 
     def describe(self) -> str:
         """A short dataset label (stored in the imatrix's ``imatrix.datasets``)."""

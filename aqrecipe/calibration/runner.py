@@ -23,6 +23,7 @@ full forward pass.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -30,19 +31,22 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Collection, Sequence
 
 import numpy as np
 
 from aqrecipe.calibration.cache import ActivationCache
 from aqrecipe.calibration.checkpoint import WorkDir
+from aqrecipe.calibration.experts import (ExpertCapture, add_unseen_experts, check_captured, converted_params,
+                                          fused_experts, load_converted, use_eager_experts)
 from aqrecipe.calibration.heap import trim_heap
-from aqrecipe.calibration.hf_model import decoder_of, empty_model, linear_modules
+from aqrecipe.calibration.hf_model import decoder_of, empty_model, hf_tensor_shapes, linear_modules
 from aqrecipe.calibration.hooks import LayerHooks
 from aqrecipe.calibration.layer_calls import LayerCall, capture_layer_calls
 from aqrecipe.calibration.observers import DownProjRanges, InputStatsObserver, LinearObserver
 from aqrecipe.calibration.stats import Backend, ChannelStats
 from aqrecipe.errors import AqrecipeError, ImatrixError, ResumeError, UnsupportedArchitectureError
+from aqrecipe.models.tensor_names import expert_key, hf_expert_of, split_expert_key
 from aqrecipe.optional import require_or_skip, require_torch
 
 if TYPE_CHECKING:
@@ -76,6 +80,7 @@ class RunnerOptions:
     include_output: bool = True  # observe output.weight's input (final normed hidden state)
     stats_backend: Backend = "numba"
     collect: bool = True  # False: plain forward pass, no hooks (for overhead measurements)
+    all_experts: bool = False  # MoE: statistics of every expert from every token (see calibration.experts)
 
     def resolved_device(self) -> str:
         if self.device != "auto":
@@ -88,6 +93,8 @@ class RunnerOptions:
         d = asdict(self)
         for k in ("max_cache_bytes", "stats_backend", "device"):
             d.pop(k)
+        if not self.all_experts:  # absent unless set: earlier runs' fingerprints stay valid
+            d.pop("all_experts")
         d["device"] = self.resolved_device().split(":")[0]
         return d
 
@@ -130,36 +137,35 @@ def build_skeleton(source: WeightSource, attn_implementation: str | None, stage:
     """The HF model (parameters on the meta device), its decoder and its config.
 
     Raises UnsupportedArchitectureError naming ``stage`` for GGUF input (no HF folder) and for a
-    model whose decoder has no ``model.embed_tokens`` / ``model.layers``.
+    model whose decoder has no ``model.embed_tokens`` / ``model.layers``. Routed experts run one by
+    one (:func:`~aqrecipe.calibration.experts.use_eager_experts`), so each expert's input is seen.
     """
-    if source.arch.is_moe:
-        raise UnsupportedArchitectureError(
-            f"{stage} does not run mixture-of-experts models yet ({source.arch.n_expert} experts per layer): "
-            "per-expert statistics from the routed tokens are not collected",
-            hint="quantize with an imatrix made by llama-imatrix (--imatrix FILE, per-expert GGUF or legacy .dat), "
-            "or without one; mixtures, rules and packing of expert tensors work",
-        )
     model = empty_model(source, stage, attn_implementation=attn_implementation)
+    use_eager_experts(model)
     base = decoder_of(model, stage)
     return model, base, model.config
 
 
 def _load_module(module: torch.nn.Module, source: WeightSource, prefix: str, device: str, dtype,
-                 skip: tuple[str, ...] = ()) -> None:
+                 skip: tuple[str, ...] = (), checkpoint: Collection[str] = ()) -> None:
     """Give ``module``'s meta parameters the checkpoint's weights under ``prefix``; move it to ``device``.
 
-    Parameters take the compute dtype; buffers (made by the modeling code) only move, so rotary
-    frequencies keep the precision the model computed them in. Parameters under the prefixes in
-    ``skip`` stay on the meta device.
+    Parameters take the compute dtype; buffers made by the modeling code only move, so rotary
+    frequencies keep the precision the model computed them in; a buffer the checkpoint holds (named
+    in ``checkpoint``, such as DeepSeek-V3's routing bias ``e_score_correction_bias``) takes the
+    checkpoint's values in its own dtype. Parameters under the prefixes in ``skip`` stay on the meta device.
     """
     import torch
 
     names = [n for n, _ in module.named_parameters() if not n.startswith(skip)]
     state = {n: torch.from_numpy(_finite(source, prefix + n)).to(device=device, dtype=dtype) for n in names}
     module.load_state_dict(state, strict=False, assign=True)
-    for sub in module.modules():
+    for sub_name, sub in module.named_modules():
         for key, buf in list(sub._buffers.items()):
-            if buf is not None and buf.device.type != "meta":
+            full = f"{prefix}{sub_name}.{key}" if sub_name else f"{prefix}{key}"
+            if buf is not None and full in checkpoint:
+                sub._buffers[key] = torch.from_numpy(_finite(source, full)).to(device=device, dtype=buf.dtype)
+            elif buf is not None and buf.device.type != "meta":
                 sub._buffers[key] = buf.to(device)
 
 
@@ -195,6 +201,7 @@ class _Pass:
     """What every stage of one calibration pass reads: the model, the cache, the observers."""
 
     source: WeightSource
+    model: torch.nn.Module  # the HF causal LM (its conversion mapping loads fused expert weights)
     base: torch.nn.Module  # the HF decoder (model.model), on the meta device until a stage loads it
     config: transformers.PretrainedConfig
     cache: ActivationCache
@@ -206,6 +213,7 @@ class _Pass:
     options: RunnerOptions
     work: WorkDir | None
     calls: dict[int, list[LayerCall]] = field(default_factory=dict)  # batch size -> each layer's call
+    checkpoint_names: set[str] = field(default_factory=set)  # the checkpoint's tensor names (HF headers)
 
 
 def run_calibration(
@@ -240,8 +248,9 @@ def run_calibration(
     folder = work.path if work is not None else Path(tmp.name)  # type: ignore[union-attr]
     cache = ActivationCache((n_samples, seq_len, int(config.hidden_size)), max_bytes=options.max_cache_bytes,
                             folder=folder, work=work)
-    p = _Pass(source, base, config, cache, _batches(n_samples, seq_len, options.batch_tokens),
+    p = _Pass(source, model, base, config, cache, _batches(n_samples, seq_len, options.batch_tokens),
               all_obs, stats_obs, device, dtype, options, work)
+    p.checkpoint_names.update(hf_tensor_shapes(source))
     start_stage = work.completed if work is not None else 0
     t0 = time.perf_counter()
     try:
@@ -413,11 +422,18 @@ def _linears(module, prefix: str, source: WeightSource) -> list[tuple[tuple[str,
     """Each ``nn.Linear`` of a layer with the GGUF tensors its weight feeds (none: not observed).
 
     A fused HF linear feeds one fused GGUF tensor (phi3's qkv_proj -> attn_qkv); a linear the
-    converter splits feeds several, which share its input statistics.
+    converter splits feeds several, which share its input statistics. An expert's linear feeds its
+    slice of a merged-expert tensor (``name#e``).
     """
     found = []
     for sub, mod in linear_modules(module):
-        names = tuple(source.gguf_names_of(f"{prefix}{sub}.weight"))
+        hf_name = f"{prefix}{sub}.weight"
+        # a GGUF tensor whose rows are not this linear's input (MLA's attn_k_b, split from kv_b_proj
+        # and transposed per head) reads something else in llama.cpp: not observed here
+        names = tuple(n for n in source.gguf_names_of(hf_name) if source.tensor(n).shape[-1] == mod.in_features)
+        expert = hf_expert_of(hf_name)
+        if expert is not None:  # an expert kept as its own nn.Linear (transformers 4): its own statistics
+            names = tuple(expert_key(n, expert) if n.endswith("_exps.weight") else n for n in names)
         if names:
             found.append((names, mod))
     return found
@@ -429,27 +445,48 @@ def _run_layer(stage: int, p: _Pass) -> float:
 
     layer = p.base.layers[stage]
     prefix = f"model.layers.{stage}."
-    _load_module(layer, p.source, prefix, p.device, p.dtype)
+    converted = converted_params(p.model, layer, prefix, p.checkpoint_names)
+    fused = fused_experts(layer, converted, p.source)
+    _load_module(layer, p.source, prefix, p.device, p.dtype, skip=tuple(c.param for c in converted),
+                 checkpoint=p.checkpoint_names)
+    if converted:
+        load_converted(p.model, layer, converted, lambda name: _finite(p.source, name), p.device, p.dtype)
     hooks = (LayerHooks(stage, _linears(layer, prefix, p.source), p.observers, p.stats_obs)
              if p.options.collect else None)
+    capture = (ExpertCapture(layer, fused, hooks, all_experts=p.options.all_experts)
+               if fused and hooks is not None else contextlib.nullcontext())
     src, dst = p.cache.source(stage), p.cache.target(stage)
     try:
-        for i, (s0, s1) in enumerate(p.batches):
-            h = torch.from_numpy(np.ascontiguousarray(src[s0:s1])).to(device=p.device, dtype=p.dtype)
-            call = p.calls[s1 - s0][stage]
-            if hooks is not None:
-                hooks.next_batch()
-            out = layer(h, *call.args, **call.kwargs)
-            if isinstance(out, tuple):  # older transformers: (hidden_states, ...)
-                out = out[0]
-            dst[s0:s1] = out.float().cpu().numpy()
-            if i == 0:
-                _maybe_kill(KILL_DURING_ENV, stage)
+        with capture:
+            _run_batches(stage, p, layer, hooks, src, dst)
+        if isinstance(capture, ExpertCapture):
+            check_captured(capture, prefix)
+            if p.stats_obs is not None:
+                unseen = add_unseen_experts(p.stats_obs, stage, fused)
+                if unseen:
+                    log.info("layer %d: %d expert slices received no calibration token", stage, unseen)
     finally:
         if hooks is not None:
             hooks.remove()
         _free(layer)
     return hooks.seconds if hooks is not None else 0.0
+
+
+def _run_batches(stage: int, p: _Pass, layer, hooks: LayerHooks | None, src, dst) -> None:
+    """Every batch of the cache through ``layer``, outputs into ``dst``."""
+    import torch
+
+    for i, (s0, s1) in enumerate(p.batches):
+        h = torch.from_numpy(np.ascontiguousarray(src[s0:s1])).to(device=p.device, dtype=p.dtype)
+        call = p.calls[s1 - s0][stage]
+        if hooks is not None:
+            hooks.next_batch()
+        out = layer(h, *call.args, **call.kwargs)
+        if isinstance(out, tuple):  # older transformers: (hidden_states, ...)
+            out = out[0]
+        dst[s0:s1] = out.float().cpu().numpy()
+        if i == 0:
+            _maybe_kill(KILL_DURING_ENV, stage)
 
 
 def _run_output(stage: int, p: _Pass) -> float:
@@ -488,10 +525,14 @@ def _run_output(stage: int, p: _Pass) -> float:
 
 
 def _ordered_stats(stats_obs: InputStatsObserver | None, source: WeightSource) -> dict[str, ChannelStats]:
+    """The statistics in the model's tensor order; a merged-expert tensor's keys by expert."""
     if stats_obs is None:
         return {}
-    order = [t.gguf_name for t in source.tensors if t.gguf_name in stats_obs.stats]
-    return {name: stats_obs.stats[name] for name in order}
+    by_tensor: dict[str, list[tuple[int, str]]] = {}
+    for key in stats_obs.stats:
+        name, expert = split_expert_key(key)
+        by_tensor.setdefault(name, []).append((-1 if expert is None else expert, key))
+    return {key: stats_obs.stats[key] for t in source.tensors for _, key in sorted(by_tensor.get(t.gguf_name, ()))}
 
 
 def _check_finite(result: CalibrationResult, options: RunnerOptions) -> None:

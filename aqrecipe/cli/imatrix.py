@@ -37,6 +37,9 @@ def add_imatrix_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--samples", type=int, default=512, help="windows of text (128..1024, default 512)")
     c.add_argument("--seq-len", type=int, default=512, help="tokens per window (default 512)")
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--all-experts", action="store_true",
+                   help="MoE models: every expert's statistics from every token (llm-compressor's "
+                        "moe_calibrate_all_experts), not only from the tokens routed to it")
     c.add_argument("--work-dir", help="checkpoint folder (default: <output>.work); a killed run resumes")
     c.add_argument("--restart", action="store_true", help="discard the work folder's checkpoints")
     c.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -92,7 +95,7 @@ def _compute(args: argparse.Namespace, as_json: bool) -> int:
 
     spec = CalibrationSpec(source=args.source, path=args.path, field=args.field, name=args.name,
                            config=args.config, split=args.split, samples=args.samples,
-                           seq_len=args.seq_len, seed=args.seed)
+                           seq_len=args.seq_len, seed=args.seed, all_experts=args.all_experts)
     options = RunnerOptions(device=args.device, dtype=args.dtype, batch_tokens=args.batch_tokens,
                             include_output=not args.no_output_weight)
     from aqrecipe.cli.apply_flags import max_memory_bytes
@@ -105,6 +108,10 @@ def _compute(args: argparse.Namespace, as_json: bool) -> int:
     payload = {"output": str(out), "work_dir": str(work), **data.to_dict()}
     payload.pop("entries")
     payload["n_entries"] = len(data)
-    print(json.dumps(payload, indent=1, sort_keys=True) if as_json else
-          printable(f"wrote {out}: {len(data)} tensors, {data.chunk_count} x {data.chunk_size} tokens"))
+    payload["unseen_experts"] = data.unseen_experts
+    text = f"wrote {out}: {len(data)} tensors, {data.chunk_count} x {data.chunk_size} tokens"
+    if data.unseen_experts:
+        text += (f"; {sum(data.unseen_experts.values())} expert slices in {len(data.unseen_experts)} tensors saw no "
+                 "token (their importance is the mean of the seen experts'; --all-experts calibrates every expert)")
+    print(json.dumps(payload, indent=1, sort_keys=True) if as_json else printable(text))
     return EXIT_OK

@@ -20,10 +20,17 @@ log = logging.getLogger(__name__)
 OPTIONAL = ("output.weight",)
 
 
+#: MLA's attn_k_b multiplies each head's q_nope inside llama.cpp's attention; in transformers that
+#: product is no linear's input, so the calibration pass cannot observe it (llama-imatrix does)
+UNOBSERVABLE_ROLES = ("attn_k_b",)
+
+
 def is_optional(name: str) -> bool:
-    """Entries an imatrix may hold or lack: the output head, and expert routers (llama-imatrix
-    collects them, they are never quantized)."""
-    return name in OPTIONAL or "ffn_gate_inp" in name
+    """Entries an imatrix may hold or lack: the output head, expert routers (llama-imatrix
+    collects them, they are never quantized) and the roles calibration cannot observe."""
+    from aqrecipe.models.tensor_names import role_of
+
+    return name in OPTIONAL or "ffn_gate_inp" in name or role_of(name) in UNOBSERVABLE_ROLES
 
 
 @dataclass(frozen=True)
@@ -63,16 +70,33 @@ def fit_expert_entries(imatrix: ImatrixData, model_source: WeightSource) -> int:
     llama.cpp's legacy ``.dat`` stores an expert tensor's statistics as one vector of
     ``n_cols x n_expert`` values (expert-major) with one call count, so the model's shape says where
     each expert's row starts; GGUF imatrix files already hold one row and one count per expert.
+    The shared count cannot say that an expert saw no token; its row does: llama-imatrix writes a
+    constant row for it (1.0, or zeros), which carries no information. Such a row gets count 0, as
+    the GGUF form says it, and is weighted like the tensor's seen experts.
     """
     reshaped = 0
     for name, (n_mat, n_cols) in expected_matrices(model_source).items():
         e = imatrix.entries.get(name)
         if e is None or n_mat == 1 or e.n_mat != 1 or e.n_cols != n_mat * n_cols:
             continue
+        rows = e.in_sum2.reshape(n_mat, n_cols)
         in_sum = None if e.in_sum is None else e.in_sum.reshape(n_mat, n_cols)
-        imatrix.entries[name] = ImatrixEntry(e.in_sum2.reshape(n_mat, n_cols), np.repeat(e.counts, n_mat), in_sum)
+        unseen = (rows == rows[:, :1]).all(axis=1)
+        counts = np.where(unseen, 0.0, np.repeat(e.counts, n_mat))
+        imatrix.entries[name] = ImatrixEntry(rows, counts, in_sum)
         reshaped += 1
     return reshaped
+
+
+def repeat_per_matrix(imatrix: ImatrixData, model_source: WeightSource) -> None:
+    """Give a one-row entry of a 3-D weight that is not merged experts (MLA's attn_v_b: one matrix per
+    head, all reading the same input) one row per matrix, the layout llama-imatrix writes for it."""
+    for name, (n_mat, n_cols) in expected_matrices(model_source).items():
+        e = imatrix.entries.get(name)
+        if e is None or n_mat == 1 or e.n_mat != 1 or e.n_cols != n_cols or "_exps" in name:
+            continue
+        in_sum = None if e.in_sum is None else np.repeat(e.in_sum, n_mat, axis=0)
+        imatrix.entries[name] = ImatrixEntry(np.repeat(e.in_sum2, n_mat, axis=0), np.repeat(e.counts, n_mat), in_sum)
 
 
 def match_imatrix(imatrix: ImatrixData, model_source: WeightSource) -> ImatrixMatch:

@@ -67,6 +67,10 @@ def calibrate(model_ref: ModelRef, spec: CalibrationSpec = CalibrationSpec(),
             hint="calibration tokenizes text with the model's own tokenizer; add its tokenizer files",
         )
     windows = calibration_windows(spec, load_tokenizer(str(source.tokenizer_dir)))
+    if spec.all_experts:
+        from dataclasses import replace
+
+        options = replace(options, all_experts=True)
     log.info("calibration: %d samples x %d tokens from %s", spec.samples, spec.seq_len, spec.describe())
     if work_dir is None:
         return run_calibration(source, windows, options=options, observers=observers, quiet=quiet, stage=stage)
@@ -87,9 +91,17 @@ def compute_imatrix(model_ref: ModelRef, spec: CalibrationSpec = CalibrationSpec
     run (same fingerprint) to the same bytes. ``output`` (.gguf or .dat) is
     written atomically when given. ``observers`` ride the same pass (e.g. GPTQ's Hessians).
     """
-    result = calibrate(model_ref, spec, work_dir, restart=restart, options=options,
-                       quiet=quiet, base_dir=base_dir, observers=observers)
+    from aqrecipe.calibration.hf_model import as_source
+    from aqrecipe.imatrix.check import repeat_per_matrix
+
+    source = as_source(model_ref, base_dir)
+    result = calibrate(source, spec, work_dir, restart=restart, options=options,
+                       quiet=quiet, observers=observers)
     data = imatrix_from_result(result, spec)
+    repeat_per_matrix(data, source)
+    if data.unseen_experts:
+        log.info("%d expert slices in %d tensors received no calibration token; each is weighted with the mean "
+                 "importance of its tensor's seen experts", sum(data.unseen_experts.values()), len(data.unseen_experts))
     if output is not None:
         from aqrecipe.imatrix.io import save_imatrix
 

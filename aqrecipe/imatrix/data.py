@@ -43,13 +43,26 @@ class ImatrixEntry:
     def importance(self) -> np.ndarray:
         """mean x^2 per column, float32 ``[n_cols]`` (dense) or ``[n_mat, n_cols]`` (experts).
 
-        Rows that saw no tokens get 1.0 (neutral weighting), as llama.cpp does.
+        A row that saw no token (an expert the router never chose) gets the mean importance of the
+        rows that did, each normalised to mean 1, so an unseen expert is weighted like a typical one
+        of the same tensor; with no row seen at all, 1.0 (neutral weighting, as llama.cpp does).
         """
         counts = self.counts.astype(np.float64)[:, None]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            mean = np.where(counts > 0, self.in_sum2.astype(np.float64) / counts, 1.0)
+        seen = counts[:, 0] > 0
+        mean = np.ones(self.in_sum2.shape, dtype=np.float64)
+        mean[seen] = self.in_sum2[seen].astype(np.float64) / counts[seen]
+        if self.n_mat > 1 and seen.any() and not seen.all():
+            rows = mean[seen]
+            scale = rows.mean(axis=1, keepdims=True)
+            typical = (rows / np.where(scale > 0, scale, 1.0)).mean(axis=0)
+            mean[~seen] = typical
         mean = mean.astype(np.float32)
         return mean[0] if self.n_mat == 1 else mean
+
+    @property
+    def unseen(self) -> int:
+        """Rows (experts) that saw no token."""
+        return int((self.counts <= 0).sum())
 
     def equals(self, other: "ImatrixEntry", *, with_in_sum: bool = True) -> bool:
         same = (self.in_sum2.shape == other.in_sum2.shape
@@ -108,16 +121,31 @@ class ImatrixData:
                         for n, e in sorted(self.entries.items())},
         }
 
+    @property
+    def unseen_experts(self) -> dict[str, int]:
+        """Merged-expert tensors with experts that saw no token: name -> how many."""
+        return {n: e.unseen for n, e in self.entries.items() if e.n_mat > 1 and e.unseen}
+
     @classmethod
     def from_channel_stats(cls, stats: Mapping[str, Any], *, datasets: list[str],
                            chunk_count: int, chunk_size: int) -> "ImatrixData":
-        """Build from :class:`~aqrecipe.calibration.stats.ChannelStats` keyed by weight name."""
-        entries = {
-            name: ImatrixEntry(
-                in_sum2=st.sum2.astype(np.float32)[None, :],
-                counts=np.array([st.count], dtype=np.float32),
-                in_sum=st.sum1.astype(np.float32)[None, :],
+        """Build from :class:`~aqrecipe.calibration.stats.ChannelStats` keyed by weight name; the keys of
+        one merged-expert tensor (``name#0``, ``name#1``, ...) become its rows, in expert order."""
+        from aqrecipe.models.tensor_names import split_expert_key
+
+        grouped: dict[str, dict[int, Any]] = {}
+        for key, st in stats.items():
+            name, expert = split_expert_key(key)
+            grouped.setdefault(name, {})[-1 if expert is None else expert] = st
+        entries = {}
+        for name, rows in grouped.items():
+            order = sorted(rows)
+            if len(order) > 1 and order != list(range(len(order))):
+                raise ValueError(f"{name}: statistics of experts {order}, expected 0..{len(order) - 1}")
+            sts = [rows[k] for k in order]
+            entries[name] = ImatrixEntry(
+                in_sum2=np.stack([st.sum2 for st in sts]).astype(np.float32),
+                counts=np.array([st.count for st in sts], dtype=np.float32),
+                in_sum=np.stack([st.sum1 for st in sts]).astype(np.float32),
             )
-            for name, st in stats.items()
-        }
         return cls(entries, list(datasets), int(chunk_count), int(chunk_size))

@@ -83,14 +83,21 @@ def load_torch_model(source: WeightSource):
     torch, _ = require_torch(GRADIENT)
     from aqrecipe.calibration.hf_model import empty_model, hf_tensor_shapes
 
+    from aqrecipe.calibration.experts import converted_params, load_converted
+
     model = empty_model(source, GRADIENT)
-    stored = hf_tensor_shapes(source)
-    state = {n: torch.from_numpy(np.array(source.read(n), dtype=np.float32))
-             for n, _ in model.named_parameters() if n in stored}
+    stored = set(hf_tensor_shapes(source))
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    state = {n: torch.from_numpy(np.array(source.read(n), dtype=np.float32)) for n, _ in tensors if n in stored}
     missing = model.load_state_dict(state, strict=False, assign=True).missing_keys
     tied = {k for k in missing if k == "lm_head.weight" and getattr(model.config, "tie_word_embeddings", False)}
-    if set(missing) - tied:
-        raise RuntimeError(f"weights missing from the model source: {sorted(set(missing) - tied)[:3]}")
+    # parameters stored under other names (fused experts, renamed routers): transformers' own conversion
+    converted = converted_params(model, model, "", stored | tied)
+    load_converted(model, model, converted, source.read, "cpu", torch.float32)
+    done = {c.param for c in converted} | tied | set(state)
+    left = [k for k in missing if k not in done]
+    if left:
+        raise RuntimeError(f"weights missing from the model source: {sorted(left)[:3]}")
     if tied:
         model.tie_weights()
     model.float()

@@ -11,6 +11,9 @@ import re
 _BLOCK = re.compile(r"^blk\.(\d+)\.")
 _BLOCK_TENSOR = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(?:weight|bias)$")
 _HF_LAYER = re.compile(r"\.layers\.(\d+)\.")
+_HF_EXPERT = re.compile(r"\.experts\.(\d+)\.")
+#: joins a merged-expert GGUF name and an expert index in per-expert statistics keys
+EXPERT_KEY_SEP = "#"
 
 #: roles of a decoder block's tensors (``blk.N.<role>.weight``) in the supported architectures
 BLOCK_ROLES = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
@@ -27,6 +30,23 @@ def hf_layer_of(hf_name: str) -> int | None:
     """The decoder layer of an HF name (``model.layers.3.self_attn.q_proj.weight`` -> 3), or None."""
     m = _HF_LAYER.search(hf_name)
     return int(m.group(1)) if m else None
+
+
+def hf_expert_of(hf_name: str) -> int | None:
+    """The routed expert of a checkpoint name (``...mlp.experts.5.down_proj.weight`` -> 5), or None."""
+    m = _HF_EXPERT.search(hf_name)
+    return int(m.group(1)) if m else None
+
+
+def expert_key(gguf_name: str, expert: int) -> str:
+    """The statistics key of one expert's slice of a merged-expert tensor (``blk.0.ffn_up_exps.weight#3``)."""
+    return f"{gguf_name}{EXPERT_KEY_SEP}{expert}"
+
+
+def split_expert_key(key: str) -> tuple[str, int | None]:
+    """``(gguf name, expert)`` of a statistics key; expert None for a whole tensor's key."""
+    name, sep, expert = key.rpartition(EXPERT_KEY_SEP)
+    return (name, int(expert)) if sep and expert.isdigit() else (key, None)
 
 
 def role_of(gguf_name: str, *, tied_output: bool = False) -> str:

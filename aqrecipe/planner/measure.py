@@ -206,9 +206,17 @@ class _Measuring:
             log.warning("planner: %s is a GGUF file, so the weight-error proxy ranks the types uncalibrated "
                         "(the KLD probes that calibrate it run the Hugging Face model)", self.source.path)
             return {}
+        # merged experts are slices of fused 3-D parameters in the torch model: the proxy ranks them
+        experts = [t.gguf_name for t in tensors if len(t.shape) == 3]
+        if self.spec.type == "kld" and experts:
+            from aqrecipe.errors import UnsupportedArchitectureError
+
+            raise UnsupportedArchitectureError(f"measurement type kld cannot probe merged expert tensors ({experts[0]} ...)",
+                               hint="use measurement type proxy: experts are ranked by the proxy, calibrated "
+                                    "on the other tensors' KLD probes")
         if self.spec.type == "kld":
             return {t.gguf_name: [o.type for o in t.options] for t in tensors}
-        return kld_subset(tensors, self.spec.calibrate_tensors)
+        return kld_subset([t for t in tensors if len(t.shape) != 3], self.spec.calibrate_tensors)
 
     def klds(self, wanted: dict[str, list[str]], wkey: str) -> dict[str, dict[str, float]]:
         """The measured KLD of each wanted (tensor, type), stage by stage."""

@@ -147,6 +147,7 @@ class CalibrationSection:
     samples: int = 512
     seq_len: int = 512
     seed: int = 0
+    all_experts: bool = False  # MoE: every expert on every token (statistics only)
 
 
 @dataclass(frozen=True, kw_only=True)

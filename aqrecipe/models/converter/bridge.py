@@ -15,6 +15,7 @@ import contextlib
 import copy
 import io
 import logging
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -149,15 +150,47 @@ class _Run:
         }
 
     def _record_sources(self, model: Any) -> None:
-        """Wrap the instance's modify_tensors to note which HF tensor each GGUF tensor came from."""
+        """Wrap the instance's modify_tensors to note which HF tensors each GGUF tensor came from.
+
+        A merged-expert tensor is yielded by the call of the last expert's tensor; the earlier calls
+        (buffered by the converter, yielding nothing) are its sources too: each goes to the output that
+        the converter's own name map gives its expert-less name (``...experts.3.w2.weight`` ->
+        ``...experts.w2.weight`` -> ``blk.N.ffn_down_exps.weight``).
+        """
         original = model.modify_tensors
+        pending: list[str] = []
 
         def modify_tensors(data: Any, name: str, bid: int | None) -> Iterator[tuple[str, Any]]:
-            for new_name, tensor in original(data, name, bid):
-                self.sources.setdefault(new_name, []).append(name)
+            outputs = list(original(data, name, bid))
+            if not outputs:
+                pending.append(name)
+            group = [*pending, name] if outputs else []
+            for new_name, tensor in outputs:
+                merged = [s for s in group[:-1] if _merged_name(model, s) == new_name]
+                if merged:
+                    self.sources.setdefault(new_name, []).extend(merged)
+                    if _merged_name(model, name) == new_name:
+                        self.sources[new_name].append(name)
+                else:
+                    self.sources.setdefault(new_name, []).append(name)
                 yield new_name, tensor
+            if outputs:
+                pending.clear()
 
         model.modify_tensors = modify_tensors
+
+
+_EXPERT_INDEX = re.compile(r"\.experts\.\d+\.")
+
+
+def _merged_name(model: Any, hf_name: str) -> str | None:
+    """The GGUF name the converter gives the merged tensor of a per-expert HF tensor, or None."""
+    if not _EXPERT_INDEX.search(hf_name):
+        return None
+    try:
+        return str(model.map_tensor_name(_EXPERT_INDEX.sub(".experts.", hf_name, count=1)))
+    except Exception:  # the converter's map does not know it: not a routed-expert tensor
+        return None
 
 
 class Conversion:
