@@ -152,6 +152,26 @@ def test_apply_plan_file_equals_apply_recipe(tiny_llama_dir: Path, tmp_path: Pat
     assert (tmp_path / "from-plan.gguf").read_bytes() == (tmp_path / "from-recipe.gguf").read_bytes()
 
 
+def test_apply_model_override(tiny_llama_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """apply --model runs a recipe on another model (as compile --model plans it); a compiled plan
+    names its model already, so --model is refused for it."""
+    path = tmp_path / "other.yaml"
+    path.write_text("version: 1\nmodel: path/to/no-such-model\nquantization:\n  mixture: Q8_0\n", encoding="utf-8")
+    dest = tmp_path / "over.gguf"
+    assert main(["apply", str(path), "--model", str(tiny_llama_dir), "-o", str(dest), "-q"]) == 0
+    direct = _recipe(tmp_path, tiny_llama_dir, "  mixture: Q8_0\n")
+    assert main(["apply", str(direct), "-o", str(tmp_path / "direct.gguf"), "-q"]) == 0
+    ours, theirs = (gguf.GGUFReader(str(f)).tensors for f in (dest, tmp_path / "direct.gguf"))
+    assert [(t.name, t.tensor_type, t.data.tobytes()) for t in ours] == \
+        [(t.name, t.tensor_type, t.data.tobytes()) for t in theirs]  # the metadata names each recipe
+    plan_path = tmp_path / "plan.json"
+    assert main(["compile", str(direct), "-o", str(plan_path), "-q", "--summary"]) == 0
+    capsys.readouterr()
+    assert main(["apply", str(plan_path), "--model", str(tiny_llama_dir), "-o", str(tmp_path / "x.gguf")]) == 2
+    err = capsys.readouterr().err
+    assert "--model cannot change a compiled plan" in err and "Traceback" not in err
+
+
 def test_apply_into_missing_folder_fails_cleanly(tiny_llama_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _recipe(tmp_path, tiny_llama_dir, "  mixture: Q8_0\n")
     assert main(["apply", str(path), "-o", str(tmp_path / "missing" / "x.gguf")]) == 2

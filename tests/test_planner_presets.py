@@ -9,7 +9,10 @@ import pytest
 
 from aqrecipe.cli.commands import main
 
-PRESETS = sorted((Path(__file__).parent.parent / "recipes" / "presets").glob("*.yaml"))
+#: the dense presets, checked on the demo; the mixture-of-experts ones (moe-*) need an MoE model and
+#: are compiled and applied on tiny MoE models in test_moe_calibration.py
+PRESETS = sorted(p for p in (Path(__file__).parent.parent / "recipes" / "presets").glob("*.yaml")
+                 if not p.stem.startswith("moe-"))
 
 
 def test_the_four_presets_exist() -> None:

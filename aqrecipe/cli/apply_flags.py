@@ -20,6 +20,7 @@ def add_apply_arguments(p: argparse.ArgumentParser) -> None:
     """Positional and flags of ``aqrecipe apply``."""
     p.add_argument("target", help="recipe.yaml or plan.json")
     p.add_argument("-o", "--output", help="output file (overrides output.path)")
+    p.add_argument("--model", help="override the recipe's model (as validate and compile do)")
     p.add_argument("--set", action="append", metavar="PATTERN=TYPE", help="extra rule, before the recipe's")
     add_run_flags(p)
 

@@ -144,7 +144,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from aqrecipe.apply.run import run_apply
     from aqrecipe.plan.from_recipe import load_target
 
-    plan, recipe = load_target(Path(args.target), extra_rules=_set_rules(args), allow_requantize=args.allow_requantize)
+    plan, recipe = load_target(Path(args.target), extra_rules=_set_rules(args), model_override=args.model,
+                               allow_requantize=args.allow_requantize)
     dest = args.output or (recipe.resolve_path(recipe.output.path) if recipe and recipe.output.path else None)
     if dest is None:
         raise AqrecipeError("no output path", hint="pass -o OUT.gguf or set output.path in the recipe", code="AQ701")

@@ -50,12 +50,13 @@ def plan_from_recipe(recipe: Recipe, *, extra_rules: Sequence[Rule] = (), model_
     )
 
 
-def load_target(target: Path, *, extra_rules: Sequence[Rule] = (),
+def load_target(target: Path, *, extra_rules: Sequence[Rule] = (), model_override: str | None = None,
                 allow_requantize: bool = False) -> tuple[Plan, Recipe | None]:
     """A recipe (.yaml/.yml) is compiled; a plan (.json) is read as it is (``allow_requantize`` added)."""
     if target.suffix == ".json":
-        if extra_rules:
-            raise PlanError("--set cannot change a compiled plan", hint="pass the recipe instead, or recompile")
+        if extra_rules or model_override:
+            flag = "--set" if extra_rules else "--model"
+            raise PlanError(f"{flag} cannot change a compiled plan", hint="pass the recipe instead, or recompile")
         plan = load_plan(target)
         if allow_requantize and not plan.options.get("allow_requantize"):
             plan = replace(plan, options={**plan.options, "allow_requantize": True})
@@ -64,4 +65,6 @@ def load_target(target: Path, *, extra_rules: Sequence[Rule] = (),
             recipe = parse_recipe(plan.recipe_text, source_path=Path(plan.recipe_path) if plan.recipe_path else None)
         return plan, recipe
     recipe = load_recipe(target)
-    return plan_from_recipe(recipe, extra_rules=extra_rules, allow_requantize=allow_requantize), recipe
+    plan = plan_from_recipe(recipe, extra_rules=extra_rules, model_override=model_override,
+                            allow_requantize=allow_requantize)
+    return plan, recipe
