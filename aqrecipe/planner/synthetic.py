@@ -6,6 +6,8 @@ per-tensor sensitivity drawn from a fixed seed: no model is read.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from aqrecipe.planner.measurement import Measurement, TensorMeasurement, TypeOption, candidate_types
@@ -21,16 +23,27 @@ TEN_TYPES = ("IQ1_S", "IQ1_M", "IQ2_XXS", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"
 def synthetic_measurement(n_layers: int = 80, shapes: dict[str, tuple[int, int]] = LLAMA_70B_SHAPES,
                           types: tuple[str, ...] = TEN_TYPES, seed: int = 0) -> Measurement:
     """``n_layers`` x ``len(shapes)`` tensors with ``len(types)`` options each."""
+    named = [(f"blk.{layer}.{role}.weight", shape) for layer in range(n_layers) for role, shape in shapes.items()]
+    return synthetic_from_shapes(named, types, seed)
+
+
+def synthetic_from_shapes(named_shapes: Sequence[tuple[str, tuple[int, ...]]],
+                          types: tuple[str, ...] = TEN_TYPES, seed: int = 0) -> Measurement:
+    """One tensor per ``(GGUF name, shape)`` (2-D, or 3-D merged experts) with every type of ``types``
+    that fits its rows; the first eighth of the layers is three times as sensitive."""
+    from aqrecipe.models.tensor_names import layer_of, role_of
+
     rng = np.random.default_rng(seed)
+    layers = [layer_of(name) for name, _ in named_shapes]
+    n_layers = 1 + max((i for i in layers if i is not None), default=0)
     tensors = []
-    for layer in range(n_layers):
-        for role, shape in shapes.items():
-            sens = float(rng.lognormal(0.0, 1.0)) * (3.0 if layer < n_layers // 8 else 1.0)
-            opts = []
-            for t in candidate_types(types, shape[-1]):
-                nb = tensor_bytes(t, shape)
-                bpw = 8.0 * nb / (shape[0] * shape[1])
-                opts.append(TypeOption(t, nb, sens * 2.0 ** (-1.6 * bpw) * float(rng.uniform(0.8, 1.25))))
-            tensors.append(TensorMeasurement(f"blk.{layer}.{role}.weight", f"model.layers.{layer}.{role}",
-                                             role, layer, shape, shape[0] * shape[1], tuple(opts)))
+    for (name, shape), layer in zip(named_shapes, layers):
+        early = layer is not None and layer < n_layers // 8
+        sens = float(rng.lognormal(0.0, 1.0)) * (3.0 if early else 1.0)
+        n_params = int(np.prod(shape))
+        opts = []
+        for t in candidate_types(types, shape[-1]):
+            nb = tensor_bytes(t, shape)
+            opts.append(TypeOption(t, nb, sens * 2.0 ** (-1.6 * 8.0 * nb / n_params) * float(rng.uniform(0.8, 1.25))))
+        tensors.append(TensorMeasurement(name, name, role_of(name), layer, tuple(shape), n_params, tuple(opts)))
     return Measurement("synthetic", "none", types, "proxy", tuple(tensors), fixed_bytes=0, fixed_params=0)
