@@ -71,7 +71,7 @@ def _signal_when_paused(proc: subprocess.Popen, marker: Path, signum: int = sign
     wait_for_pause(proc, marker)
     proc.send_signal(signum)  # the marker stays: the handler, not the end of the pause, must end the run
     try:
-        _, stderr = proc.communicate(timeout=120)
+        _, stderr = proc.communicate(timeout=300)  # generous: on a fully loaded 2-core machine 120 s once ran out
     except subprocess.TimeoutExpired:
         proc.kill()
         pytest.fail("the run did not stop on the signal")
