@@ -78,8 +78,9 @@ def moe_config(name: str) -> dict[str, Any]:
     return config
 
 
-def build_moe(name: str, folder: Path, *, seed: int = 0) -> Path:
-    """Write the tiny random ``name`` model (float32 safetensors + the demo tokenizer) to ``folder``."""
+def build_moe(name: str, folder: Path, *, seed: int = 0, max_shard_size: str | None = None) -> Path:
+    """Write the tiny random ``name`` model (float32 safetensors, sharded if ``max_shard_size`` is given,
+    + the demo tokenizer) to ``folder``."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -94,7 +95,7 @@ def build_moe(name: str, folder: Path, *, seed: int = 0) -> Path:
             if pname.endswith(("mlp.gate.weight", "block_sparse_moe.gate.weight")):
                 param.normal_(0.0, 0.5)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder, safe_serialization=True)
+    model.save_pretrained(folder, safe_serialization=True, **({"max_shard_size": max_shard_size} if max_shard_size else {}))
     for file in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy2(materialize_demo() / file, folder / file)
     return folder

@@ -208,6 +208,30 @@ def test_routed_counts_and_all_experts(tmp_path: Path, capsys: pytest.CaptureFix
                                    routed.entries[f"blk.{layer}.attn_q.weight"].in_sum2, rtol=1e-5)
 
 
+def test_experts_spread_over_shards_are_named_and_calibrated(tmp_path: Path) -> None:
+    """A sharded checkpoint interleaves other tensors between a layer's experts: every expert's HF tensor
+    still names its merged GGUF tensor, and calibration collects every expert."""
+    from aqrecipe.imatrix.io import load_imatrix
+    from aqrecipe.models import open_model
+    from aqrecipe.models.tensor_names import hf_expert_of
+
+    folder = build_moe("mixtral", tmp_path / "hf", max_shard_size="20MB")
+    assert len(list(folder.glob("*.safetensors"))) > 2
+    source = open_model(folder)
+    experts = [n for n in json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+               if hf_expert_of(n) is not None]
+    assert len(experts) == 2 * 3 * N_EXPERT["mixtral"]
+    for name in experts:
+        layer, part = name.split(".")[2], name.rsplit(".", 2)[1]
+        role = {"w1": "ffn_gate_exps", "w2": "ffn_down_exps", "w3": "ffn_up_exps"}[part]
+        assert source.gguf_names_of(name) == (f"blk.{layer}.{role}.weight",), name
+    out = tmp_path / "im.gguf"
+    assert main(["imatrix", "compute", str(folder), "-o", str(out), "--samples", "128", "--seq-len", str(SEQ),
+                 "-q"]) == 0
+    counts = load_imatrix(out).entries["blk.1.ffn_down_exps.weight"].counts
+    assert counts.shape == (N_EXPERT["mixtral"],) and counts.sum() == 128 * SEQ * 2
+
+
 def _silence_expert(folder: Path, layer: int, expert: int) -> None:
     """DeepSeek-V3 routes by score + correction bias: a very negative bias keeps the expert unchosen."""
     from safetensors.numpy import load_file, save_file

@@ -152,30 +152,23 @@ class _Run:
     def _record_sources(self, model: Any) -> None:
         """Wrap the instance's modify_tensors to note which HF tensors each GGUF tensor came from.
 
-        A merged-expert tensor is yielded by the call of the last expert's tensor; the earlier calls
-        (buffered by the converter, yielding nothing) are its sources too: each goes to the output that
-        the converter's own name map gives its expert-less name (``...experts.3.w2.weight`` ->
-        ``...experts.w2.weight`` -> ``blk.N.ffn_down_exps.weight``).
+        The converter buffers a layer's per-expert tensors (their calls yield nothing) and yields the
+        merged tensor from a later call, with other tensors' calls in between when the experts are
+        spread over shards. Each per-expert tensor waits under the name the converter's own name map
+        gives its expert-less name (``...experts.3.w2.weight`` -> ``...experts.w2.weight`` ->
+        ``blk.N.ffn_down_exps.weight``) until that tensor is yielded; every other tensor's source is
+        the call that yielded it.
         """
         original = model.modify_tensors
-        pending: list[str] = []
+        waiting: dict[str, list[str]] = {}  # merged GGUF name -> its per-expert HF tensors seen so far
 
         def modify_tensors(data: Any, name: str, bid: int | None) -> Iterator[tuple[str, Any]]:
-            outputs = list(original(data, name, bid))
-            if not outputs:
-                pending.append(name)
-            group = [*pending, name] if outputs else []
-            for new_name, tensor in outputs:
-                merged = [s for s in group[:-1] if _merged_name(model, s) == new_name]
-                if merged:
-                    self.sources.setdefault(new_name, []).extend(merged)
-                    if _merged_name(model, name) == new_name:
-                        self.sources[new_name].append(name)
-                else:
-                    self.sources.setdefault(new_name, []).append(name)
+            target = _merged_name(model, name)
+            if target is not None:
+                waiting.setdefault(target, []).append(name)
+            for new_name, tensor in original(data, name, bid):
+                self.sources.setdefault(new_name, []).extend(waiting.pop(new_name, None) or [name])
                 yield new_name, tensor
-            if outputs:
-                pending.clear()
 
         model.modify_tensors = modify_tensors
 

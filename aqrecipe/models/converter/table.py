@@ -22,7 +22,7 @@ import gguf
 from aqrecipe.formats.fileio import atomic_write_text
 from aqrecipe.models.converter.bundle import CONVERTER_VERSION
 
-_FORMAT = 2  # 2: a merged-expert tensor lists every expert's HF tensor as a source
+_FORMAT = 3  # 3: a merged-expert tensor lists every expert's HF tensor as a source, shards or not
 
 
 ENV_DIR = "AQRECIPE_CONVERTED_DIR"
