@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from aqrecipe.errors import AqrecipeError, PlanError
 from aqrecipe.plan.compiler import is_quantizable
-from aqrecipe.quant.blocktypes import fits, layout
+from aqrecipe.quant.blocktypes import FLOAT_TYPES, fits, layout
 from aqrecipe.quant.sizes import tensor_bytes
 
 from aqrecipe.plan.model import Plan, plan_source
@@ -54,7 +54,7 @@ def plan_problems(plan: Plan, source: WeightSource) -> list[str]:
         except AqrecipeError:
             wrong.setdefault("unknown types", []).append(f"{e.gguf_name} {e.type!r}")
             continue
-        if not is_quantizable(e.gguf_name, e.shape) and e.type not in ("F32", "F16", "BF16"):
+        if not is_quantizable(e.gguf_name, e.shape) and e.type not in FLOAT_TYPES:
             wrong.setdefault("quantized tensors llama.cpp keeps in float (1-D, norms, routers)", []).append(
                 f"{e.gguf_name} {e.type}")
         elif not fits(e.type, int(e.shape[-1])):

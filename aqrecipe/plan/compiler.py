@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from aqrecipe.quant.blocktypes import NEEDS_IMATRIX, fallback_for, file_type_for, layout
+from aqrecipe.quant.blocktypes import FLOAT_TYPES, NEEDS_IMATRIX, fallback_for, file_type_for, layout
 from aqrecipe.quant.sizes import tensor_bytes
 from aqrecipe.errors import PlanError
 from aqrecipe.models.tensor_names import layer_of
@@ -52,7 +52,7 @@ def is_quantizable(gguf_name: str, shape: Sequence[int]) -> bool:
 def entry_rounding(gguf_name: str, type_name: str, rounding: Rounding) -> dict | None:
     """A plan entry's rounding: gptq only for block-quantized linear weights (the token embedding is
     looked up, not multiplied with an input, so it has no Hessian and keeps round-to-nearest)."""
-    if not rounding.is_gptq or type_name in ("F32", "F16", "BF16") or gguf_name == "token_embd.weight":
+    if not rounding.is_gptq or type_name in FLOAT_TYPES or gguf_name == "token_embd.weight":
         return None
     return rounding.to_dict()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aqrecipe.quant.blocktypes import file_type_for, layout
+from aqrecipe.quant.blocktypes import FLOAT_TYPES, file_type_for, layout
 from aqrecipe.errors import PlanError
 
 
@@ -116,9 +116,6 @@ def is_ffn_down_like(name: str) -> bool:
     return category(name) == "ffn_down"
 
 
-_FLOAT_TYPES = ("F32", "F16", "BF16")
-
-
 def mixture_type(mixture: Mixture, base_type: str, t: TensorContext) -> tuple[str, str]:
     """The type a mixture gives one tensor, and a short reason for the plan.
 
@@ -128,7 +125,7 @@ def mixture_type(mixture: Mixture, base_type: str, t: TensorContext) -> tuple[st
     """
     m = mixture.name
     name = t.gguf_name
-    if mixture.base_type in _FLOAT_TYPES:  # llama.cpp picks per-tensor types only for quantized file types
+    if mixture.base_type in FLOAT_TYPES:  # llama.cpp picks per-tensor types only for quantized file types
         return base_type, f"{m} base type"
     is_output = name == "output.weight" or (not t.has_output and name == "token_embd.weight")
     if is_output:

@@ -50,6 +50,10 @@ LAYOUTS: dict[str, BlockLayout] = {lay.name: lay for lay in map(_from_rust, _pac
 
 TYPE_NAMES: tuple[str, ...] = tuple(LAYOUTS)
 
+#: The unquantized types: a tensor of one of these is stored as floats, and a file of one gets no
+#: per-tensor mixture (llama.cpp picks per-tensor types only for quantized file types).
+FLOAT_TYPES: frozenset[str] = frozenset({"F32", "F16", "BF16"})
+
 #: Types that need an importance matrix in llama.cpp (it refuses them without one).
 NEEDS_IMATRIX: frozenset[str] = frozenset({"IQ2_XXS", "IQ1_S", "IQ1_M"})
 
