@@ -23,7 +23,7 @@ key's expert comes from the checkpoint name (:func:`~aqrecipe.models.tensor_name
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, AbstractSet, Any, Sequence
 
 import numpy as np
 
@@ -43,7 +43,6 @@ class FusedExperts:
     """One fused 3-D expert parameter of a decoder layer."""
 
     param: str  # name relative to the layer (``mlp.experts.gate_up_proj``)
-    checkpoint_names: tuple[str, ...]  # the per-expert checkpoint tensors it is made of
     gguf_names: tuple[str, ...]  # the merged GGUF tensors its input feeds
     n_expert: int
     n_in: int  # input features (the linear's in dimension)
@@ -69,7 +68,7 @@ class ConvertedParam:
     checkpoint_names: tuple[str, ...]
 
 
-def converted_params(model: Any, layer: Any, prefix: str, checkpoint: set[str]) -> list[ConvertedParam]:
+def converted_params(model: Any, layer: Any, prefix: str, checkpoint: AbstractSet[str]) -> list[ConvertedParam]:
     """The parameters of ``layer`` that the checkpoint (``checkpoint``: its tensor names) does not hold
     under their own name, with the checkpoint tensors transformers' conversion mapping makes them of."""
     found = []
@@ -98,7 +97,7 @@ def fused_experts(layer: Any, converted: Sequence[ConvertedParam], source: Weigh
             raise UnsupportedArchitectureError(
                 f"calibration cannot name {c.param} ({tuple(param.shape)}): llama.cpp's converter writes none "
                 "of its checkpoint tensors", hint="quantize with an imatrix made by llama-imatrix (--imatrix FILE)")
-        found.append(FusedExperts(c.param, c.checkpoint_names, gguf, int(param.shape[0]), int(param.shape[-1])))
+        found.append(FusedExperts(c.param, gguf, int(param.shape[0]), int(param.shape[-1])))
     return found
 
 
@@ -117,7 +116,6 @@ def load_converted(model: Any, layer: Any, converted: Sequence[ConvertedParam], 
     from transformers.conversion_mapping import get_model_conversion_mapping
     from transformers.core_model_loading import convert_and_load_state_dict_in_model
     from transformers.modeling_utils import LoadStateDictConfig
-
     from transformers.utils import logging as hf_logging
 
     state = {n: torch.from_numpy(read(n)) for c in converted for n in c.checkpoint_names}
@@ -151,7 +149,6 @@ class ExpertCapture:
     def __init__(self, layer: Any, fused: Sequence[FusedExperts], hooks: LayerHooks, *,
                  all_experts: bool = False) -> None:
         self.hooks = hooks
-        self.all_experts = all_experts
         self._by_storage: dict[int, tuple[Any, FusedExperts]] = {}
         for f in fused:
             param = layer.get_parameter(f.param)

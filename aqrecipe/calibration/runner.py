@@ -213,7 +213,7 @@ class _Pass:
     options: RunnerOptions
     work: WorkDir | None
     calls: dict[int, list[LayerCall]] = field(default_factory=dict)  # batch size -> each layer's call
-    checkpoint_names: set[str] = field(default_factory=set)  # the checkpoint's tensor names (HF headers)
+    checkpoint_names: frozenset[str] = frozenset()  # the checkpoint's tensor names (HF headers)
 
 
 def run_calibration(
@@ -249,8 +249,7 @@ def run_calibration(
     cache = ActivationCache((n_samples, seq_len, int(config.hidden_size)), max_bytes=options.max_cache_bytes,
                             folder=folder, work=work)
     p = _Pass(source, model, base, config, cache, _batches(n_samples, seq_len, options.batch_tokens),
-              all_obs, stats_obs, device, dtype, options, work)
-    p.checkpoint_names.update(hf_tensor_shapes(source))
+              all_obs, stats_obs, device, dtype, options, work, checkpoint_names=frozenset(hf_tensor_shapes(source)))
     start_stage = work.completed if work is not None else 0
     t0 = time.perf_counter()
     try:

@@ -81,9 +81,8 @@ def load_torch_model(source: WeightSource):
     parameter is read through ``source.read``; a tied output head is tied again.
     """
     torch, _ = require_torch(GRADIENT)
-    from aqrecipe.calibration.hf_model import empty_model, hf_tensor_shapes
-
     from aqrecipe.calibration.experts import converted_params, load_converted
+    from aqrecipe.calibration.hf_model import empty_model, hf_tensor_shapes
 
     model = empty_model(source, GRADIENT)
     stored = set(hf_tensor_shapes(source))
