@@ -311,6 +311,30 @@ evaluation: {{enabled: false}}
     assert np.isfinite(logits).all() and len(set(logits.argmax(-1).tolist())) > 1
 
 
+def test_kld_only_measurement_is_refused_before_any_probe(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A KLD probe swaps one HF weight; merged experts are slices of fused parameters, so a KLD-only
+    measurement is refused up front with the remedy, not after the first probes ran."""
+    run = MoeRun("mixtral", tmp_path)
+    recipe = tmp_path / "kld.yaml"
+    recipe.write_text(f"""version: 1
+model: {run.folder}
+planner:
+  type: budget
+  target_bpw: 5.0
+  candidates: [Q4_K, Q6_K]
+  measurement: {{type: kld, samples: 2, seq_len: {SEQ}}}
+quantization:
+  mixture: Q4_K_M
+coherence: {{enabled: false}}
+evaluation: {{enabled: false}}
+""", encoding="utf-8")
+    dest = tmp_path / "planned.gguf"
+    assert main(["apply", str(recipe), "-o", str(dest), "-q"]) != 0
+    err = capsys.readouterr().err
+    assert "measurement type kld cannot probe" in err and "ffn_" in err and "use measurement type proxy" in err
+    assert "Traceback" not in err and not dest.exists()
+
+
 @llamacpp
 @pytest.mark.parametrize("source", ["hf", "gguf"])
 @pytest.mark.parametrize("file_type", ["Q4_K_M", "Q2_K", "IQ2_XXS"])

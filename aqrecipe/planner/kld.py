@@ -64,18 +64,33 @@ class KldProbe:
             logits = self.model(input_ids=self.ids, use_cache=False).logits
         return torch.log_softmax(logits.to(torch.float32), dim=-1)
 
-    def kld(self, hf_name: str, w_hat: np.ndarray) -> float:
-        """Mean per-token KL(reference || model with ``hf_name`` := ``w_hat``), in nats."""
-        torch = self._torch
+    def set_weight(self, hf_name: str, w_hat: np.ndarray) -> None:
+        """Replace the model's ``hf_name`` by ``w_hat`` (until set again)."""
         param = self.model.get_parameter(hf_name)
-        original = param.data.clone()
-        try:
-            param.data.copy_(torch.from_numpy(np.ascontiguousarray(w_hat, dtype=np.float32)).reshape(param.shape))
-            logp = self._logp()
-        finally:
-            param.data.copy_(original)
+        param.data.copy_(self._torch.from_numpy(np.ascontiguousarray(w_hat, dtype=np.float32)).reshape(param.shape))
+
+    def current_kld(self) -> float:
+        """Mean per-token KL(reference || the model with the weights set so far), in nats."""
+        logp = self._logp()
         kl = (self.ref_logp.exp() * (self.ref_logp - logp)).sum(-1)
         return float(kl.mean())
+
+    def kld(self, hf_name: str, w_hat: np.ndarray) -> float:
+        """Mean per-token KL(reference || model with only ``hf_name`` := ``w_hat``), in nats."""
+        original = self.model.get_parameter(hf_name).data.clone()
+        try:
+            self.set_weight(hf_name, w_hat)
+            return self.current_kld()
+        finally:
+            self.model.get_parameter(hf_name).data.copy_(original)
+
+
+def probe_can_swap(source: WeightSource, gguf_name: str) -> bool:
+    """Whether a KLD probe can swap the tensor in the torch model: a 2-D GGUF tensor that is the only one
+    made from its HF tensor. Splits (MLA's kv_b_proj) share their HF tensor; merged experts are slices
+    of fused 3-D parameters in transformers."""
+    info = source.tensor(gguf_name)
+    return len(info.shape) == 2 and tuple(source.gguf_names_of(info.hf_name)) == (gguf_name,)
 
 
 def hf_weight_of(source: WeightSource, gguf_name: str) -> tuple[str, np.ndarray]:
@@ -84,15 +99,16 @@ def hf_weight_of(source: WeightSource, gguf_name: str) -> tuple[str, np.ndarray]
     Every ggml type quantizes a row on its own (the imatrix weighs columns), and the converter's
     transforms of the families the torch stages run are row permutations and concatenations, so
     quantizing the HF rows with the GGUF tensor's type gives each row the values the GGUF holds.
-    A tensor that shares its HF source with other GGUF tensors (a split) has no such view.
+    A tensor without such a view (see :func:`probe_can_swap`) is refused.
     """
     from aqrecipe.errors import UnsupportedArchitectureError
 
     hf_name = source.tensor(gguf_name).hf_name
-    if tuple(source.gguf_names_of(hf_name)) != (gguf_name,):
+    if not probe_can_swap(source, gguf_name):
         raise UnsupportedArchitectureError(
-            f"{gguf_name} is one of several GGUF tensors made from {hf_name}: its KL divergence cannot be "
-            "measured by swapping the HF weight", hint="use measurement type proxy for this model")
+            f"{gguf_name} is not one HF weight of its own ({hf_name} feeds several GGUF tensors, or the tensor "
+            "merges routed experts): its KL divergence cannot be measured by swapping the HF weight",
+            hint="use measurement type proxy for this model")
     w = np.asarray(source.read(hf_name), dtype=np.float32)
     return hf_name, w.reshape(-1, w.shape[-1])
 

@@ -206,17 +206,21 @@ class _Measuring:
             log.warning("planner: %s is a GGUF file, so the weight-error proxy ranks the types uncalibrated "
                         "(the KLD probes that calibrate it run the Hugging Face model)", self.source.path)
             return {}
-        # merged experts are slices of fused 3-D parameters in the torch model: the proxy ranks them
-        experts = [t.gguf_name for t in tensors if len(t.shape) == 3]
-        if self.spec.type == "kld" and experts:
-            from aqrecipe.errors import UnsupportedArchitectureError
+        from aqrecipe.planner.kld import probe_can_swap
 
-            raise UnsupportedArchitectureError(f"measurement type kld cannot probe merged expert tensors ({experts[0]} ...)",
-                               hint="use measurement type proxy: experts are ranked by the proxy, calibrated "
-                                    "on the other tensors' KLD probes")
-        if self.spec.type == "kld":
+        if self.spec.type == "kld":  # every tensor, so refuse before the first probe if one cannot be swapped
+            unswappable = [t.gguf_name for t in tensors if not probe_can_swap(self.source, t.gguf_name)]
+            if unswappable:
+                from aqrecipe.errors import UnsupportedArchitectureError
+
+                raise UnsupportedArchitectureError(
+                    f"measurement type kld cannot probe {len(unswappable)} tensors that are not one HF weight of "
+                    f"their own (merged experts or split tensors: {unswappable[0]} ...)",
+                    hint="use measurement type proxy: those tensors are ranked by the proxy, calibrated on the "
+                         "other tensors' KLD probes")
             return {t.gguf_name: [o.type for o in t.options] for t in tensors}
-        return kld_subset([t for t in tensors if len(t.shape) != 3], self.spec.calibrate_tensors)
+        # merged experts and split tensors have no HF weight of their own: the calibrated proxy ranks them
+        return kld_subset([t for t in tensors if probe_can_swap(self.source, t.gguf_name)], self.spec.calibrate_tensors)
 
     def klds(self, wanted: dict[str, list[str]], wkey: str) -> dict[str, dict[str, float]]:
         """The measured KLD of each wanted (tensor, type), stage by stage."""

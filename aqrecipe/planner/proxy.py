@@ -37,7 +37,7 @@ def proxy_error(w: np.ndarray, w_hat: np.ndarray, weight: np.ndarray | None) -> 
     n_groups = len(weight) if weight is not None and np.ndim(weight) == 2 else 1
     w = np.asarray(w, dtype=np.float64).reshape(n_groups, -1, w.shape[-1])
     d = w - np.asarray(w_hat, dtype=np.float64).reshape(w.shape)
-    a = np.ones((n_groups, w.shape[-1])) if weight is None else np.asarray(weight, dtype=np.float64).reshape(n_groups, -1)
+    a = np.broadcast_to(1.0 if weight is None else np.asarray(weight, dtype=np.float64), (n_groups, w.shape[-1]))
     num = float(np.einsum("grc,gc->", d * d, a))
     den = float(np.einsum("grc,gc->", w * w, a))
     return num / den if den > 0 else 0.0
