@@ -65,11 +65,13 @@ def _write_header(f, chunk: list[tuple[str, list[int]]], dtype: str, itemsize: i
     return offset
 
 
-def write_sparse_model(folder: Path, cfg: dict = LLAMA_70B, n_shards: int = 30, dtype: str = "BF16") -> Path:
-    """Write config.json, sharded safetensors headers (sparse data) and the index."""
+def write_sparse_model(folder: Path, cfg: dict = LLAMA_70B, n_shards: int = 30, dtype: str = "BF16",
+                       shapes: dict[str, list[int]] | None = None) -> Path:
+    """Write config.json, sharded safetensors headers (sparse data) and the index; ``shapes`` (checkpoint
+    name -> shape) defaults to a dense llama model's."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "config.json").write_text(json.dumps(cfg, indent=1))
-    shapes = list(llama_tensor_shapes(cfg).items())
+    shapes = list((shapes if shapes is not None else llama_tensor_shapes(cfg)).items())
     per_shard = -(-len(shapes) // n_shards)
     weight_map = {}
     itemsize = 2 if dtype in ("BF16", "F16") else 4
