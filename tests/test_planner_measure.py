@@ -108,7 +108,7 @@ def test_spec_round_trip_and_schema() -> None:
     d = {"type": "budget", "target_bpw": 3.5, "max_kld": 0.1, "candidates": ["Q4_K", "Q8_0"],
          "measurement": {"type": "kld", "samples": 16, "seq_len": 128, "calibrate_tensors": 0, "seed": 0}}
     spec = PlannerSpec.from_dict(d)
-    assert spec.to_dict() == {**d, "target_bytes": None}
+    assert spec.to_dict() == {**d, "target_bytes": None, "validate": True}
     jsonschema.Draft202012Validator.check_schema(SCHEMA_FRAGMENT)
     v = jsonschema.Draft202012Validator(SCHEMA_FRAGMENT)
     assert not list(v.iter_errors(d))

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from aqrecipe.plan import is_quantizable
+
 if TYPE_CHECKING:
     from aqrecipe.imatrix import ImatrixData
     from aqrecipe.importance import SuperWeight
@@ -85,13 +87,17 @@ def plan_with_budget(plan: Plan, recipe: Recipe, imatrix: ImatrixData | None, wo
     """Measure sensitivities and solve the budget (recipe ``planner``); adds exact-name rules."""
     from aqrecipe.planner import plan_dynamic
 
-    # protected tensors are fixed at their protected type: the planner spends only the bytes left
+    # protected tensors are fixed at their protected type: the planner spends only the bytes left;
+    # the recipe's own types (its mixture) are the baseline the plan must measure better than
+    baseline = {e.gguf_name: e.type for e in plan.entries if is_quantizable(e.gguf_name, e.shape)}
+    label = f"the {plan.mixture} mixture" if plan.mixture else "the recipe's types"
     rules, report = plan_dynamic(plan.model_path, recipe.section("planner"), imatrix, work_dir / "planner",
-                                 fixed_types=outcome.fixed_types)
+                                 fixed_types=outcome.fixed_types, baseline=baseline, baseline_label=label)
     protected = {r.pattern for r in outcome.rules} | set(outcome.fixed_types)
     outcome.rules.extend(r for r in rules if r.pattern not in protected)
     files = report.save(work_dir / "planner-report")
-    outcome.report["planner"] = {"report_files": [str(f) for f in files], "tensors": len(rules)}
+    outcome.report["planner"] = {"report_files": [str(f) for f in files], "tensors": len(rules),
+                                 "validation": report.validation}
 
 
 def replan(recipe: Recipe, cli_rules: Sequence[Rule], outcome: StageOutcome, original: Plan) -> Plan:

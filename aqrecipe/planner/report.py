@@ -37,6 +37,7 @@ class PlannerReport:
     method: str = ""
     calibration: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] | None = None  # measured quality of the written file, when evaluated
+    validation: dict[str, Any] | None = None  # plan vs the recipe's own types, measured (planner.validate)
 
     @property
     def f16_bytes(self) -> int:
@@ -71,7 +72,7 @@ class PlannerReport:
                        "compression_ratio_vs_f16": round(self.compression_ratio, 4),
                        "predicted_kld": self.predicted_kld},
             "budget": self.budget, "method": self.method, "calibration": self.calibration,
-            "evaluation": self.evaluation,
+            "evaluation": self.evaluation, "validation": self.validation,
         }
 
     def to_json(self) -> str:
@@ -94,6 +95,13 @@ class PlannerReport:
                     f"({self.f16_bytes:,} bytes); predicted KLD {self.predicted_kld:.4g} ({self.method})."]
         if self.evaluation:
             out.append("**Measured**: " + ", ".join(f"{k} {v}" for k, v in sorted(self.evaluation.items())))
+        if self.validation:
+            v = self.validation
+            out.append(f"**Validated** on {v['windows']} x {v['seq_len']} held-out tokens: plan KLD "
+                       f"{v['plan_kld']:.4g}, {v['baseline']} {v['baseline_kld']:.4g}; shipped: "
+                       f"{'the plan' if v['shipped'] == 'plan' else v['baseline']}"
+                       + (f" ({v['float_tensors']} tensors a probe cannot swap left float in both)"
+                          if v["float_tensors"] else "") + ".")
         return "\n".join(out) + "\n"
 
     def save(self, stem: Path) -> list[Path]:
@@ -146,7 +154,7 @@ class PlannerReport:
 
 
 def build_report(plan: Plan, m: Measurement | None = None, *, budget: dict | None = None,
-                 method: str = "", evaluation: dict | None = None) -> PlannerReport:
+                 method: str = "", evaluation: dict | None = None, validation: dict | None = None) -> PlannerReport:
     """Report of a compiled plan; predictions come from ``m`` (None where unmeasured)."""
     meas = {t.gguf_name: t for t in m.tensors} if m is not None else {}
     rows, pred_total = [], 0.0
@@ -161,4 +169,4 @@ def build_report(plan: Plan, m: Measurement | None = None, *, budget: dict | Non
                               e.n_bytes, e.n_bytes / plan.total_bytes, pred, opt.kld if opt else None))
     cal = m.calibration.__dict__ if m is not None else {}
     return PlannerReport(tuple(rows), plan.total_bytes, plan.n_params, pred_total, dict(budget or {}),
-                         method, dict(cal), evaluation)
+                         method, dict(cal), evaluation, validation)

@@ -293,7 +293,7 @@ class MeasurementSpec:
 @section("planner")
 @dataclass(frozen=True)
 class PlannerSpec:
-    """``planner: {type: budget, target_bpw | target_bytes, max_kld, candidates, measurement}``."""
+    """``planner: {type: budget, target_bpw | target_bytes, max_kld, candidates, measurement, validate}``."""
 
     type: str = "budget"
     target_bpw: float | None = None
@@ -301,6 +301,7 @@ class PlannerSpec:
     max_kld: float | None = None
     candidates: tuple[str, ...] = DEFAULT_CANDIDATES
     measurement: MeasurementSpec = MeasurementSpec()
+    validate: bool = True  # measure plan vs the recipe's own types on held-out windows; keep the better
 
     def budget_bytes(self, n_params: int) -> int | None:
         """The size target in bytes (``target_bpw`` counts every parameter, like a plan's bpw)."""
