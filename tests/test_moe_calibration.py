@@ -271,7 +271,9 @@ def test_an_unseen_expert_is_reported_and_weighted_like_the_seen_ones(tmp_path: 
 @llamacpp
 def test_apply_with_computed_imatrix_and_planner_runs_in_llamacpp(moe: MoeRun, tmp_path: Path) -> None:
     from aqrecipe.evaluate.llamacpp import LlamaCppBackend
+    from aqrecipe.models import open_model
     from aqrecipe.models.tensor_names import role_of
+    from aqrecipe.planner.kld import probe_can_swap
 
     recipe = tmp_path / "plan.yaml"
     recipe.write_text(f"""version: 1
@@ -283,14 +285,14 @@ planner:
   type: budget
   target_bpw: 3.0
   candidates: [IQ2_XXS, Q2_K, Q4_K, Q6_K]
-  measurement: {{type: proxy, samples: 4, seq_len: {SEQ}, calibrate_tensors: 4}}
+  measurement: {{type: fisher, samples: 4, seq_len: {SEQ}, calibrate_tensors: 4}}
 quantization:
   mixture: Q4_K_M
 coherence: {{enabled: false}}
 evaluation: {{enabled: false}}
 """, encoding="utf-8")
     dest, report = tmp_path / "planned.gguf", tmp_path / "report.json"
-    assert main(["apply", str(recipe), "-o", str(dest), "--report", str(report), "-q"]) == 0
+    assert main(["apply", str(recipe), "-o", str(dest), "--report", str(report), "--work-dir", str(tmp_path / "work"), "-q"]) == 0
     import gguf
 
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(dest)).tensors}
@@ -299,9 +301,16 @@ evaluation: {{enabled: false}}
     assert summary["bits_per_weight"] <= 3.0
     planned = json.loads(Path(next(f for f in summary["planner"]["report_files"] if f.endswith(".json"))).read_text())
     experts = [t for t in planned["tensors"] if role_of(t["gguf_name"]).endswith("_exps")]
-    # each merged-expert tensor is one choice, ranked by the proxy (calibrated on the other tensors' probes)
+    # each merged-expert tensor is one choice, ranked by the proxy (calibrated on the other tensors' Fisher
+    # estimates and probes); the dense tensors have Fisher estimates
     assert len(experts) == 3 * sum(1 for n in types if n.endswith("ffn_gate_exps.weight"))
     assert all(t["measured_kld"] is None and t["predicted_kld"] > 0 for t in experts)
+    measurement = json.loads(next((tmp_path / "work").rglob("measurement-*.json")).read_text())
+    fisher = {t["gguf_name"]: all(o["fisher"] is not None for o in t["options"]) for t in measurement["tensors"]}
+    assert not any(fisher[t["gguf_name"]] for t in experts)
+    source = open_model(moe.folder)
+    swappable = {n for n in fisher if probe_can_swap(source, n)}
+    assert swappable and all(fisher[n] == (n in swappable) for n in fisher)
     assert all(types[t["gguf_name"]] == t["type"] for t in experts)
     backend = LlamaCppBackend(dest, n_ctx=SEQ)
     try:
@@ -331,7 +340,7 @@ evaluation: {{enabled: false}}
     dest = tmp_path / "planned.gguf"
     assert main(["apply", str(recipe), "-o", str(dest), "-q"]) != 0
     err = capsys.readouterr().err
-    assert "measurement type kld cannot probe" in err and "ffn_" in err and "use measurement type proxy" in err
+    assert "measurement type kld cannot probe" in err and "ffn_" in err and "use measurement type fisher" in err
     assert "Traceback" not in err and not dest.exists()
 
 

@@ -108,7 +108,7 @@ def hf_weight_of(source: WeightSource, gguf_name: str) -> tuple[str, np.ndarray]
         raise UnsupportedArchitectureError(
             f"{gguf_name} is not one HF weight of its own ({hf_name} feeds several GGUF tensors, or the tensor "
             "merges routed experts): its KL divergence cannot be measured by swapping the HF weight",
-            hint="use measurement type proxy for this model")
+            hint="use measurement type fisher or proxy for this model")
     w = np.asarray(source.read(hf_name), dtype=np.float32)
     return hf_name, w.reshape(-1, w.shape[-1])
 

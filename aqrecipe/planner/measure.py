@@ -1,9 +1,11 @@
-"""Measure a model: proxy for every (tensor, type), KLD for a subset or all; resumable.
+"""Measure a model: proxy for every (tensor, type), the Fisher estimate of its KLD (measurement type
+fisher), measured KLD for a subset or all; resumable.
 
 Work folder layout (``<work_dir>/measure-<key>/``, key = model fingerprint +
 imatrix hash + candidates)::
 
     proxy-<stage>.json          proxies of one decoder layer's tensors (stage "global": token_embd/output)
+    fisher-<wkey>-<stage>.json  Fisher estimates of the KLD of that stage's tensors (type fisher)
     kld-<wkey>-<stage>.json     measured KLDs of that stage's tensors (wkey: samples, seq_len, seed)
     measurement-<skey>.json     the finished :class:`Measurement` (skey: all settings), reused by
                                 every later budget
@@ -33,7 +35,8 @@ from aqrecipe.plan import is_quantizable
 from aqrecipe.planner.config import MeasurementSpec
 from aqrecipe.planner.fit import fit_calibration
 from aqrecipe.models.tensor_names import layer_of, role_of
-from aqrecipe.planner.measurement import (Measurement, TensorMeasurement, TypeOption, candidate_types, imatrix_hash)
+from aqrecipe.planner.measurement import (MEASUREMENT_FORMAT, Measurement, TensorMeasurement, TypeOption,
+                                          candidate_types, imatrix_hash)
 from aqrecipe.quant.sizes import tensor_bytes
 from aqrecipe.planner.proxy import can_quantize, proxy_error, round_trip
 
@@ -115,8 +118,9 @@ def measure(source: WeightSource, imatrix: ImatrixData | None, candidates: tuple
     run = _Measuring(source, imatrix, tuple(candidates), spec, n_threads, stage)
 
     proxies = run.proxies()
+    fishers = run.fishers(wkey) if run.uses_fisher else {}
     klds = run.klds(run.kld_wanted(run.tensors(proxies, {})), wkey)
-    m = run.measurement(run.tensors(proxies, klds), imx)
+    m = run.measurement(run.tensors(proxies, klds, fishers), imx)
     m = m.with_calibration(fit_calibration(m))
     if folder is not None:
         m.save(folder / final)
@@ -124,11 +128,11 @@ def measure(source: WeightSource, imatrix: ImatrixData | None, candidates: tuple
 
 
 def _keys(fingerprint: str, imx: str, candidates: tuple[str, ...], spec: MeasurementSpec) -> tuple[str, str, str]:
-    """The work folder's key, the KLD files' key and the finished measurement's file name."""
+    """The work folder's key, the KLD (and Fisher) files' key and the finished measurement's file name."""
     key = measurement_key(fingerprint, imx, candidates)
     wkey = measurement_key(fingerprint, imx, candidates,
                            {"samples": spec.samples, "seq_len": spec.seq_len, "seed": spec.seed})
-    final = f"measurement-{measurement_key(fingerprint, imx, candidates, spec.__dict__)}.json"
+    final = f"measurement-{measurement_key(fingerprint, imx, candidates, {**spec.__dict__, 'format': MEASUREMENT_FORMAT})}.json"
     return key, wkey, final
 
 
@@ -148,6 +152,10 @@ class _Measuring:
             layer = layer_of(info.gguf_name)
             self.stages["global" if layer is None else f"{layer:04d}"].append(info)
         self._probe: KldProbe | None = None
+        self._sensitivity: dict[str, np.ndarray] | None = None
+        self._fisher_done: dict[str, dict[str, float]] = {}  # Fisher estimates the proxy stage made, not yet saved
+        #: measurement type fisher on an HF folder: the Fisher estimate of every swappable tensor
+        self.uses_fisher = spec.type == "fisher" and source.hf_folder is not None  # GGUF: see kld_wanted
 
     def probe(self) -> KldProbe:
         if self._probe is None:
@@ -158,14 +166,68 @@ class _Measuring:
             self._probe = KldProbe(self.source, windows, n_threads=self.n_threads)
         return self._probe
 
+    def sensitivity(self) -> dict[str, np.ndarray]:
+        """HF name -> per-weight KLD sensitivity of every tensor a probe can swap (computed once)."""
+        if self._sensitivity is None:
+            from aqrecipe.planner.fisher import kld_sensitivity
+            from aqrecipe.planner.kld import probe_can_swap
+
+            names = [i.hf_name for i in self.infos if probe_can_swap(self.source, i.gguf_name)]
+            self._sensitivity = kld_sensitivity(self.probe(), names, seed=self.spec.seed)
+        return self._sensitivity
+
+    def fishers(self, wkey: str) -> dict[str, dict[str, float]]:
+        """The Fisher estimate of the KLD of every candidate type of every swappable tensor, stage by stage."""
+        from aqrecipe.planner.kld import probe_can_swap
+
+        out: dict[str, dict[str, float]] = {}
+        for name in sorted(self.stages):
+            members = [i.gguf_name for i in self.stages[name] if probe_can_swap(self.source, i.gguf_name)]
+            if members:
+                out.update(self._checkpointed(f"fisher-{wkey}-{name}.json", self._fisher_stage, members))
+        return out
+
+    def _fisher_stage(self, members: list[str]) -> dict:
+        """Fisher estimates; those the proxy stage computed from the same round trips are taken as they are."""
+        out: dict[str, dict[str, float]] = {}
+        for gname in members:
+            if gname not in self._fisher_done:
+                self._errors(self.by_name[gname], with_fisher=True)
+            out[gname] = self._fisher_done.pop(gname)
+        return out
+
+    def _errors(self, info: TensorInfo, *, with_fisher: bool) -> dict[str, float]:
+        """The proxy of every candidate type of one tensor; ``with_fisher``: its Fisher estimate too, from
+        the same round trips (kept in ``_fisher_done``). The proxy sums over rows, so the HF row order
+        the Fisher needs gives the proxy of llama.cpp's layout."""
+        from aqrecipe.planner.fisher import fisher_kld
+        from aqrecipe.planner.kld import hf_weight_of
+
+        if with_fisher:
+            hf_name, w = hf_weight_of(self.source, info.gguf_name)
+            sens = self.sensitivity()[hf_name]
+        else:
+            w = self._weight(info)
+        imp, weight = self.importance(info.gguf_name), self.error_weight(info.gguf_name)
+        proxies, fishers = {}, {}
+        for t in candidate_types(self.candidates, info.shape[-1]):
+            if can_quantize(t, imp):
+                w_hat = round_trip(w, t, imp)
+                proxies[t] = proxy_error(w, w_hat, weight)
+                if with_fisher:
+                    fishers[t] = fisher_kld(sens, w, w_hat)
+        if with_fisher:
+            self._fisher_done[info.gguf_name] = fishers
+        return proxies
+
     def importance(self, name: str) -> np.ndarray | None:
         return self.imatrix.importance(name) if self.imatrix is not None else None
 
     def error_weight(self, name: str) -> np.ndarray | None:
         imp = self.importance(name)
         spec = self.spec
-        if (imp is None and name == "token_embd.weight" and self.tied
-                and spec.calibrate_tensors + (spec.type == "kld") > 0):
+        if (imp is None and name == "token_embd.weight" and self.tied and self.source.hf_folder is not None
+                and (spec.calibrate_tensors > 0 or spec.type != "proxy")):
             return self.probe().output_importance  # a tied token_embd is the output head too
         return imp
 
@@ -186,15 +248,10 @@ class _Measuring:
         return proxies
 
     def _proxy_stage(self, members: list[str]) -> dict:
-        out: dict[str, dict[str, float]] = {}
-        for info in (self.by_name[n] for n in members):
-            w = self._weight(info)
-            imp, weight = self.importance(info.gguf_name), self.error_weight(info.gguf_name)
-            out[info.gguf_name] = {
-                t: proxy_error(w, round_trip(w, t, imp), weight)
-                for t in candidate_types(self.candidates, info.shape[-1]) if can_quantize(t, imp)
-            }
-        return out
+        from aqrecipe.planner.kld import probe_can_swap
+
+        return {n: self._errors(self.by_name[n], with_fisher=self.uses_fisher and probe_can_swap(self.source, n))
+                for n in members}
 
     def kld_wanted(self, tensors: list[TensorMeasurement]) -> dict[str, list[str]]:
         """The (tensor, types) to measure the KLD of: all of them, or a spread subset.
@@ -216,8 +273,8 @@ class _Measuring:
                 raise UnsupportedArchitectureError(
                     f"measurement type kld cannot probe {len(unswappable)} tensors that are not one HF weight of "
                     f"their own (merged experts or split tensors: {unswappable[0]} ...)",
-                    hint="use measurement type proxy: those tensors are ranked by the proxy, calibrated on the "
-                         "other tensors' KLD probes")
+                    hint="use measurement type fisher (the default) or proxy: those tensors are ranked by the proxy, "
+                         "calibrated on the other tensors' Fisher estimates and KLD probes")
             return {t.gguf_name: [o.type for o in t.options] for t in tensors}
         # merged experts and split tensors have no HF weight of their own: the calibrated proxy ranks them
         return kld_subset([t for t in tensors if probe_can_swap(self.source, t.gguf_name)], self.spec.calibrate_tensors)
@@ -242,15 +299,17 @@ class _Measuring:
                 klds.update(self._checkpointed(f"kld-{wkey}-{name}.json", kld_stage, members))
         return klds
 
-    def tensors(self, proxies: dict[str, dict[str, float]], klds: dict[str, dict[str, float]]
-                ) -> list[TensorMeasurement]:
+    def tensors(self, proxies: dict[str, dict[str, float]], klds: dict[str, dict[str, float]],
+                fishers: dict[str, dict[str, float]] | None = None) -> list[TensorMeasurement]:
         """One :class:`TensorMeasurement` per quantizable tensor, its options sorted by size."""
+        fishers = fishers or {}
         return [
             TensorMeasurement(
                 gguf_name=i.gguf_name, hf_name=i.hf_name, role=role_of(i.gguf_name, tied_output=self.tied),
                 layer=layer_of(i.gguf_name), shape=tuple(int(d) for d in i.shape),
                 n_params=int(np.prod(i.shape)),
-                options=tuple(TypeOption(t, tensor_bytes(t, tuple(i.shape)), p, klds.get(i.gguf_name, {}).get(t))
+                options=tuple(TypeOption(t, tensor_bytes(t, tuple(i.shape)), p, klds.get(i.gguf_name, {}).get(t),
+                                         fishers.get(i.gguf_name, {}).get(t))
                               for t, p in sorted(proxies[i.gguf_name].items(),
                                                  key=lambda kv: (tensor_bytes(kv[0], tuple(i.shape)), kv[0]))),
             )

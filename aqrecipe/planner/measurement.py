@@ -24,7 +24,7 @@ from aqrecipe.recipe.sections import DEFAULT_CANDIDATES
 if TYPE_CHECKING:
     from aqrecipe.imatrix.data import ImatrixData
 
-MEASUREMENT_FORMAT = 1
+MEASUREMENT_FORMAT = 2  # 2: TypeOption.fisher, Calibration.fisher_bias
 
 
 def candidate_types(candidates: Iterable[str], row_len: int) -> list[str]:
@@ -48,12 +48,14 @@ def imatrix_hash(imatrix: ImatrixData | None) -> str:
 
 @dataclass(frozen=True)
 class TypeOption:
-    """One candidate type of one tensor: exact bytes, proxy error, measured KLD (or None)."""
+    """One candidate type of one tensor: exact bytes, proxy error, measured KLD (or None), and the
+    KLD the diagonal Fisher predicts (measurement type fisher, tensors a probe can swap; else None)."""
 
     type: str
     n_bytes: int
     proxy: float
     kld: float | None = None
+    fisher: float | None = None
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,9 @@ class TensorMeasurement:
 
 @dataclass(frozen=True)
 class Calibration:
-    """proxy -> predicted KLD: ``exp(intercept[role]) * proxy ** slope`` (log-space fit)."""
+    """proxy -> predicted KLD: ``exp(intercept[role]) * proxy ** slope`` (log-space fit); Fisher
+    prediction -> KLD: ``exp(fisher_bias[type]) * fisher`` (the second-order estimate's shortfall at a
+    type, measured where probes ran; 0 where none did)."""
 
     slope: float = 1.0
     intercepts: dict[str, float] = field(default_factory=dict)
@@ -83,12 +87,17 @@ class Calibration:
     spearman_pooled: float | None = None
     spearman_within_tensor: float | None = None
     n_pairs: int = 0
+    fisher_bias: dict[str, float] = field(default_factory=dict)
+    spearman_fisher: float | None = None  # Fisher estimate vs the probes, pooled
 
     def predict(self, role: str, proxy: float) -> float:
         if proxy <= 0:
             return 0.0
         a = self.intercepts.get(role, self.default_intercept)
         return float(math.exp(a) * proxy**self.slope)
+
+    def predict_fisher(self, type_name: str, fisher: float) -> float:
+        return float(math.exp(self.fisher_bias.get(type_name, 0.0)) * max(fisher, 0.0))
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,7 @@ class Measurement:
     model_fingerprint: str
     imatrix_hash: str
     candidates: tuple[str, ...]
-    method: str  # "proxy" | "kld"
+    method: str  # "fisher" | "proxy" | "kld"
     tensors: tuple[TensorMeasurement, ...]
     fixed_bytes: int  # tensors the planner does not choose (norms, 1-D): their F32 bytes
     fixed_params: int
@@ -111,9 +120,12 @@ class Measurement:
         return self.fixed_params + sum(t.n_params for t in self.tensors)
 
     def predicted(self, t: TensorMeasurement, o: TypeOption) -> float:
-        """Predicted KLD contribution: the measured KLD when there is one, else calibrated proxy."""
+        """Predicted KLD contribution: the measured KLD when there is one, else the Fisher estimate
+        when there is one, else the calibrated proxy."""
         if o.kld is not None:
             return max(0.0, o.kld)
+        if o.fisher is not None:
+            return self.calibration.predict_fisher(o.type, o.fisher)
         return self.calibration.predict(t.role, o.proxy)
 
     def tensor(self, gguf_name: str) -> TensorMeasurement:

@@ -277,13 +277,16 @@ DEFAULT_CANDIDATES = ("IQ1_S", "IQ1_M", "IQ2_XXS", "Q2_K", "Q3_K", "Q4_K", "Q5_K
 class MeasurementSpec:
     """How sensitivities are measured.
 
-    ``proxy``: the imatrix-weighted round-trip error for every (tensor, type),
-    calibrated to KLD with ``calibrate_tensors`` tensors (x up to 5 types each)
-    measured exactly. ``kld``: every (tensor, type) measured exactly (one
+    ``fisher`` (default): every (tensor, type)'s KLD estimated to second order from the diagonal
+    Fisher information of the model's own predictions (one forward and backward pass per window,
+    :mod:`aqrecipe.planner.fisher`), corrected per type by ``calibrate_tensors`` tensors (x up to 5
+    types each) measured exactly; tensors a probe cannot swap (merged experts) use the proxy,
+    calibrated on the Fisher estimates. ``proxy``: the imatrix-weighted relative round-trip error,
+    calibrated per role on the measured tensors. ``kld``: every (tensor, type) measured exactly (one
     forward pass each).
     """
 
-    type: str = "proxy"
+    type: str = "fisher"
     samples: int = 8
     seq_len: int = 128
     calibrate_tensors: int = 20
