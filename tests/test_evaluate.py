@@ -375,3 +375,21 @@ def test_llamacpp_windows_are_independent(demo_gguf):
         backend.close()
     assert first.shape == (64, 49152) and first.dtype == np.float32
     np.testing.assert_allclose(first, again, atol=1e-4)
+
+
+def test_reference_is_not_shared_by_checkpoints_of_one_structure(tiny_llama_dir, tmp_path) -> None:
+    """A fine-tune has its base's fingerprint (structure only): the cached F16 reference must differ."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from aqrecipe.evaluate.reference import reference_gguf
+    from aqrecipe.models import open_model
+
+    tuned = tmp_path / "tuned"
+    shutil.copytree(tiny_llama_dir, tuned)
+    for f in tuned.glob("*.safetensors"):
+        save_file({k: v * 1.01 for k, v in load_file(f).items()}, f, metadata={"format": "pt"})
+    assert open_model(tuned).fingerprint() == open_model(tiny_llama_dir).fingerprint()
+    assert reference_gguf(tuned) != reference_gguf(tiny_llama_dir)
+    assert reference_gguf(tuned) == reference_gguf(tuned)
