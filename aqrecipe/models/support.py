@@ -42,7 +42,7 @@ INPUT_FORMS: tuple[tuple[str, str], ...] = (
     ("GGUF file (F32/F16/BF16, split files too)",
      "mixtures, rules, planner proxy, imatrix files (e.g. llama-imatrix's), GGUF output, evaluation; "
      "quantized GGUF only with `--allow-requantize`; the torch stages (computed imatrix, super weights, "
-     "SmoothQuant, KLD probes) need the HF folder"),
+     "SmoothQuant, the planner's Fisher estimate and KLD probes) need the HF folder"),
 )
 
 

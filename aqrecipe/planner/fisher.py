@@ -12,8 +12,8 @@ gradient is accumulated (the window's gradient, not per token, so the tokens' in
 window are kept). One forward and one backward pass per window give S for every weight at once,
 where the relative, imatrix-weighted weight error the proxy uses sees neither depth nor downstream
 gain: on the float demo model, S predicts single-tensor KLD probes uncalibrated within a factor of
-1.25 (rms of log ratio 0.22, Spearman 0.99 across tensors at one type), the proxy within 3.6 after
-its per-role calibration (BENCHMARKS.md).
+1.24 (rms of the log ratio 0.21; Spearman 0.985-0.994 across tensors at one type), the proxy within
+a factor of 3.0 after its per-role calibration (``bench/bench_sensitivity.py``, BENCHMARKS.md).
 
 Memory: one float32 per weight of the tensors asked for, besides the model and its gradients.
 """

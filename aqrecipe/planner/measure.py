@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -117,11 +118,18 @@ def measure(source: WeightSource, imatrix: ImatrixData | None, candidates: tuple
     stage = _Stage(folder) if folder is not None else None
     run = _Measuring(source, imatrix, tuple(candidates), spec, n_threads, stage)
 
+    t0 = time.perf_counter()
     proxies = run.proxies()
     fishers = run.fishers(wkey) if run.uses_fisher else {}
-    klds = run.klds(run.kld_wanted(run.tensors(proxies, {})), wkey)
+    t1 = time.perf_counter()
+    wanted = run.kld_wanted(run.tensors(proxies, {}))
+    klds = run.klds(wanted, wkey)
+    t2 = time.perf_counter()
     m = run.measurement(run.tensors(proxies, klds, fishers), imx)
     m = m.with_calibration(fit_calibration(m))
+    log.info("measurement: round trips%s %.1f s (of it the Fisher pass %.1f s), %d KLD probes %.1f s",
+             " and Fisher estimates" if run.uses_fisher else "", t1 - t0, run.fisher_seconds,
+             sum(len(v) for v in wanted.values()), t2 - t1)
     if folder is not None:
         m.save(folder / final)
     return m
@@ -153,6 +161,7 @@ class _Measuring:
             self.stages["global" if layer is None else f"{layer:04d}"].append(info)
         self._probe: KldProbe | None = None
         self._sensitivity: dict[str, np.ndarray] | None = None
+        self.fisher_seconds = 0.0  # the Fisher pass, model load and reference logits included
         self._fisher_done: dict[str, dict[str, float]] = {}  # Fisher estimates the proxy stage made, not yet saved
         #: measurement type fisher on an HF folder: the Fisher estimate of every swappable tensor
         self.uses_fisher = spec.type == "fisher" and source.hf_folder is not None  # GGUF: see kld_wanted
@@ -173,7 +182,9 @@ class _Measuring:
             from aqrecipe.planner.kld import probe_can_swap
 
             names = [i.hf_name for i in self.infos if probe_can_swap(self.source, i.gguf_name)]
+            t0 = time.perf_counter()
             self._sensitivity = kld_sensitivity(self.probe(), names, seed=self.spec.seed)
+            self.fisher_seconds = time.perf_counter() - t0
         return self._sensitivity
 
     def fishers(self, wkey: str) -> dict[str, dict[str, float]]:
