@@ -31,6 +31,7 @@ def benchmarks(imatrix: Path, out: Path) -> dict[str, list[str]]:
         "calibration_speed": ["bench_calibration_speed.py", "--plain-too"],
         "calibration_memory": ["bench_calibration_memory.py"],
         "planner": ["bench_planner.py", "--demo", str(out / "planner"), "--imatrix", str(imatrix)],
+        "sensitivity": ["bench_sensitivity.py", "--json", str(out / "sensitivity.json")],
         "super_weights": ["bench_super_weights.py"],
         "smoothquant": ["bench_smoothquant.py"],
     }
