@@ -378,7 +378,8 @@ def test_llamacpp_windows_are_independent(demo_gguf):
 
 
 def test_reference_is_not_shared_by_checkpoints_of_one_structure(tiny_llama_dir, tmp_path) -> None:
-    """A fine-tune has its base's fingerprint (structure only): the cached F16 reference must differ."""
+    """A fine-tune has its base's fingerprint (structure only): the cached F16 reference, the planner's
+    measurement and calibration checkpoints are keyed by its values too."""
     import shutil
 
     from safetensors.numpy import load_file, save_file
@@ -393,3 +394,8 @@ def test_reference_is_not_shared_by_checkpoints_of_one_structure(tiny_llama_dir,
     assert open_model(tuned).fingerprint() == open_model(tiny_llama_dir).fingerprint()
     assert reference_gguf(tuned) != reference_gguf(tiny_llama_dir)
     assert reference_gguf(tuned) == reference_gguf(tuned)
+    from aqrecipe.models.files import values_key
+
+    # the same key decides the planner's measurement folder and a calibration run's checkpoints
+    assert values_key(open_model(tuned)) != values_key(open_model(tiny_llama_dir))
+    assert values_key(open_model(tuned)) == values_key(open_model(tuned))

@@ -4,7 +4,7 @@ Evaluating the quantized file and the reference in the same engine (llama.cpp)
 means KL divergence measures quantization alone, as llama.cpp's own
 ``llama-perplexity --kl-divergence`` does. The reference is built once per
 model and cached, keyed by the model's fingerprint (its structure) and a digest of sampled weight
-bytes (:func:`sampled_weight_digest`): two checkpoints of one architecture, a base model and its
+bytes (:func:`aqrecipe.models.files.values_key`): two checkpoints of one architecture, a base model and its
 fine-tune, have the same fingerprint and must not share a reference. A GGUF given as the model is its own reference: it is what the user
 would run unquantized (and for a requantized input, the file the new one replaces).
 """
@@ -33,10 +33,9 @@ def reference_gguf(model: str | Path | WeightSource) -> Path:
     if source.hf_folder is None:
         return Path(source.path)
     model_ref = source.path
-    from aqrecipe.models.files import find_weight_files
+    from aqrecipe.models.files import values_key
 
-    key = sampled_weight_digest(source.fingerprint(), find_weight_files(Path(source.hf_folder)))
-    dest = cache_root() / "reference" / f"{key[:16]}-F16.gguf"
+    dest = cache_root() / "reference" / f"{values_key(source)[:16]}-F16.gguf"
     if dest.exists():
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -45,19 +44,3 @@ def reference_gguf(model: str | Path | WeightSource) -> Path:
     write_plan_gguf(plan, dest)
     return dest
 
-
-def sampled_weight_digest(fingerprint: str, files: list[Path], *, samples: int = 16, window: int = 4096) -> str:
-    """sha256 over ``fingerprint`` and, per weight file, its size and ``samples`` windows of ``window``
-    bytes spread evenly over it: cheap (a few KiB per file), stable when the files are copied, and
-    different for checkpoints whose values differ almost everywhere (a fine-tune of the same base)."""
-    import hashlib
-
-    digest = hashlib.sha256(fingerprint.encode())
-    for path in files:
-        size = path.stat().st_size
-        digest.update(f"{path.name}|{size}\n".encode())
-        with open(path, "rb") as f:
-            for k in range(samples):
-                f.seek(max(0, (size - window) * k // max(1, samples - 1)))
-                digest.update(f.read(window))
-    return digest.hexdigest()

@@ -40,10 +40,12 @@ def tool_version() -> str:
 def run_components(source: WeightSource, spec: CalibrationSpec, windows: np.ndarray, options: RunnerOptions,
                    observers: Sequence[LinearObserver] = ()) -> dict[str, str]:
     """The fingerprint components of a calibration run (see checkpoint.fingerprint)."""
+    from aqrecipe.models.files import values_key
+
     data = hashlib.sha256(sha256_json(spec.to_dict()).encode())
     data.update(windows.tobytes())
     return {
-        "model": source.fingerprint(),
+        "model": values_key(source),  # structure and values: a fine-tune never resumes its base's run
         "calibration": data.hexdigest(),
         "options": sha256_json({"runner": options.result_relevant(),
                                 "observers": sorted(o.key for o in observers)}),

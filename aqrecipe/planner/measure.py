@@ -108,7 +108,9 @@ def measure(source: WeightSource, imatrix: ImatrixData | None, candidates: tuple
             work_dir: Path | None, *, n_threads: int | None = None) -> Measurement:
     """The :class:`Measurement` of ``source`` (read from ``work_dir`` when already measured)."""
     imx = imatrix_hash(imatrix)
-    key, wkey, final = _keys(source.fingerprint(), imx, tuple(candidates), spec)
+    from aqrecipe.models.files import values_key
+
+    key, wkey, final = _keys(values_key(source), imx, tuple(candidates), spec)  # a fine-tune is not its base
     folder = Path(work_dir) / f"measure-{key}" if work_dir is not None else None
     if folder is not None and (folder / final).exists():
         log.info("reusing measurement %s", folder / final)
