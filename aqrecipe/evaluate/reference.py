@@ -3,10 +3,10 @@
 Evaluating the quantized file and the reference in the same engine (llama.cpp)
 means KL divergence measures quantization alone, as llama.cpp's own
 ``llama-perplexity --kl-divergence`` does. The reference is built once per
-model and cached, keyed by the model's fingerprint (its structure) and a digest of sampled weight
-bytes (:func:`aqrecipe.models.files.values_key`): two checkpoints of one architecture, a base model and its
-fine-tune, have the same fingerprint and must not share a reference. A GGUF given as the model is its own reference: it is what the user
-would run unquantized (and for a requantized input, the file the new one replaces).
+model and cached under :func:`aqrecipe.models.files.values_key` (structure and sampled weight bytes:
+a base model and its fine-tune share a fingerprint, not a reference). A GGUF given as the model is
+its own reference: it is what the user would run unquantized (and for a requantized input, the file
+the new one replaces).
 """
 
 from __future__ import annotations
@@ -43,4 +43,3 @@ def reference_gguf(model: str | Path | WeightSource) -> Path:
     plan = compile_plan(source, PlanSpec(mixture="F16"), model_ref=str(source.path))
     write_plan_gguf(plan, dest)
     return dest
-

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from aqrecipe.errors import CorruptFileError, ModelError
 from aqrecipe.formats.bounded import read_text_bounded
@@ -121,7 +121,7 @@ def check_tokenizer_files(folder: Path) -> None:
             raise CorruptFileError(f"{path} is not a JSON object", hint=f"restore {name} from the model repository")
 
 
-def sampled_weight_digest(fingerprint: str, files: list[Path], *, samples: int = 16, window: int = 4096) -> str:
+def sampled_weight_digest(fingerprint: str, files: Sequence[Path], *, samples: int = 16, window: int = 4096) -> str:
     """sha256 over ``fingerprint`` and, per weight file, its size and ``samples`` windows of ``window``
     bytes spread evenly over it: cheap (a few KiB per file), stable when the files are copied, and
     different for checkpoints whose values differ almost everywhere (a fine-tune of the same base)."""
@@ -140,5 +140,4 @@ def values_key(source: WeightSource) -> str:
     """The key of a cache that depends on a model's values, not only its structure: the fingerprint
     (config, names, shapes) plus :func:`sampled_weight_digest` of its weight files. A base model and
     its fine-tune share the fingerprint, never this key."""
-    files = find_weight_files(Path(source.hf_folder)) if source.hf_folder is not None else [Path(source.path)]
-    return sampled_weight_digest(source.fingerprint(), files)
+    return sampled_weight_digest(source.fingerprint(), source.weight_files)

@@ -400,6 +400,11 @@ class GGUFSource:
         return None
 
     @property
+    def weight_files(self) -> tuple[Path, ...]:
+        """The file, or every part of a split model (first part first)."""
+        return tuple(h.path for h in self._headers)
+
+    @property
     def tokenizer_dir(self) -> None:
         """None: the tokenizer is in the GGUF metadata (tokenizer.ggml.*), not in HF files."""
         return None

@@ -65,6 +65,11 @@ class WeightSource(Protocol):
         ...
 
     @property
+    def weight_files(self) -> tuple[Path, ...]:
+        """The files holding the tensors' bytes (safetensors shards, or the GGUF parts), in order."""
+        ...
+
+    @property
     def tokenizer_dir(self) -> Path | None:
         """The folder holding the HF tokenizer files, or None."""
         ...

@@ -119,6 +119,11 @@ class ModelSource:
         return self.path
 
     @property
+    def weight_files(self) -> tuple[Path, ...]:
+        """The safetensors files, in the order their headers were read."""
+        return tuple(dict.fromkeys(t.file for t in self._raw.values()))
+
+    @property
     def tokenizer_dir(self) -> Path | None:
         """The folder holding the HF tokenizer files, or None if there are none."""
         if any((self.path / name).is_file() for name in TOKENIZER_FILES):
