@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 def kld_sensitivity(probe: KldProbe, hf_names: Iterable[str], *, seed: int = 0) -> dict[str, np.ndarray]:
     """``S = ½ diag(F) / tokens`` (HF orientation, float32) of each parameter in ``hf_names``, from the
     probe's windows; predicted per-token KLD of a change ΔW is ``Σ S ⊙ ΔW²``."""
-    torch = probe._torch
+    import torch  # the probe has required it
+
     model = probe.model
     names = list(dict.fromkeys(hf_names))
     params = {n: model.get_parameter(n) for n in names}

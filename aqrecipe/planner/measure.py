@@ -20,6 +20,7 @@ redoes at most one stage.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -177,13 +178,19 @@ class _Measuring:
             self._probe = KldProbe(self.source, windows, n_threads=self.n_threads)
         return self._probe
 
+    @functools.cached_property
+    def swappable(self) -> frozenset[str]:
+        """The quantizable tensors a KLD probe (and the Fisher estimate) can set in the torch model."""
+        from aqrecipe.planner.kld import probe_can_swap
+
+        return frozenset(i.gguf_name for i in self.infos if probe_can_swap(self.source, i.gguf_name))
+
     def sensitivity(self) -> dict[str, np.ndarray]:
         """HF name -> per-weight KLD sensitivity of every tensor a probe can swap (computed once)."""
         if self._sensitivity is None:
             from aqrecipe.planner.fisher import kld_sensitivity
-            from aqrecipe.planner.kld import probe_can_swap
 
-            names = [i.hf_name for i in self.infos if probe_can_swap(self.source, i.gguf_name)]
+            names = [i.hf_name for i in self.infos if i.gguf_name in self.swappable]
             t0 = time.perf_counter()
             self._sensitivity = kld_sensitivity(self.probe(), names, seed=self.spec.seed)
             self.fisher_seconds = time.perf_counter() - t0
@@ -191,28 +198,22 @@ class _Measuring:
 
     def fishers(self, wkey: str) -> dict[str, dict[str, float]]:
         """The Fisher estimate of the KLD of every candidate type of every swappable tensor, stage by stage."""
-        from aqrecipe.planner.kld import probe_can_swap
-
         out: dict[str, dict[str, float]] = {}
         for name in sorted(self.stages):
-            members = [i.gguf_name for i in self.stages[name] if probe_can_swap(self.source, i.gguf_name)]
+            members = [i.gguf_name for i in self.stages[name] if i.gguf_name in self.swappable]
             if members:
                 out.update(self._checkpointed(f"fisher-{wkey}-{name}.json", self._fisher_stage, members))
         return out
 
     def _fisher_stage(self, members: list[str]) -> dict:
         """Fisher estimates; those the proxy stage computed from the same round trips are taken as they are."""
-        out: dict[str, dict[str, float]] = {}
-        for gname in members:
-            if gname not in self._fisher_done:
-                self._errors(self.by_name[gname], with_fisher=True)
-            out[gname] = self._fisher_done.pop(gname)
-        return out
+        return {n: self._fisher_done.pop(n) if n in self._fisher_done else self._errors(self.by_name[n], True)[1]
+                for n in members}
 
-    def _errors(self, info: TensorInfo, *, with_fisher: bool) -> dict[str, float]:
-        """The proxy of every candidate type of one tensor; ``with_fisher``: its Fisher estimate too, from
-        the same round trips (kept in ``_fisher_done``). The proxy sums over rows, so the HF row order
-        the Fisher needs gives the proxy of llama.cpp's layout."""
+    def _errors(self, info: TensorInfo, with_fisher: bool) -> tuple[dict[str, float], dict[str, float] | None]:
+        """The proxy of every candidate type of one tensor and, ``with_fisher``, its Fisher estimate from
+        the same round trips (else None). The proxy sums over rows, so the HF row order the Fisher needs
+        gives the proxy of llama.cpp's layout."""
         from aqrecipe.planner.fisher import fisher_kld
         from aqrecipe.planner.kld import hf_weight_of
 
@@ -229,9 +230,7 @@ class _Measuring:
                 proxies[t] = proxy_error(w, w_hat, weight)
                 if with_fisher:
                     fishers[t] = fisher_kld(sens, w, w_hat)
-        if with_fisher:
-            self._fisher_done[info.gguf_name] = fishers
-        return proxies
+        return proxies, (fishers if with_fisher else None)
 
     def importance(self, name: str) -> np.ndarray | None:
         return self.imatrix.importance(name) if self.imatrix is not None else None
@@ -261,10 +260,12 @@ class _Measuring:
         return proxies
 
     def _proxy_stage(self, members: list[str]) -> dict:
-        from aqrecipe.planner.kld import probe_can_swap
-
-        return {n: self._errors(self.by_name[n], with_fisher=self.uses_fisher and probe_can_swap(self.source, n))
-                for n in members}
+        out: dict[str, dict[str, float]] = {}
+        for n in members:
+            out[n], fishers = self._errors(self.by_name[n], self.uses_fisher and n in self.swappable)
+            if fishers is not None:  # saved by the Fisher stage of the same layer
+                self._fisher_done[n] = fishers
+        return out
 
     def kld_wanted(self, tensors: list[TensorMeasurement]) -> dict[str, list[str]]:
         """The (tensor, types) to measure the KLD of: all of them, or a spread subset.
@@ -276,10 +277,8 @@ class _Measuring:
             log.warning("planner: %s is a GGUF file, so the weight-error proxy ranks the types uncalibrated "
                         "(the KLD probes that calibrate it run the Hugging Face model)", self.source.path)
             return {}
-        from aqrecipe.planner.kld import probe_can_swap
-
         if self.spec.type == "kld":  # every tensor, so refuse before the first probe if one cannot be swapped
-            unswappable = [t.gguf_name for t in tensors if not probe_can_swap(self.source, t.gguf_name)]
+            unswappable = [t.gguf_name for t in tensors if t.gguf_name not in self.swappable]
             if unswappable:
                 from aqrecipe.errors import UnsupportedArchitectureError
 
@@ -290,7 +289,7 @@ class _Measuring:
                          "calibrated on the other tensors' Fisher estimates and KLD probes")
             return {t.gguf_name: [o.type for o in t.options] for t in tensors}
         # merged experts and split tensors have no HF weight of their own: the calibrated proxy ranks them
-        return kld_subset([t for t in tensors if probe_can_swap(self.source, t.gguf_name)], self.spec.calibrate_tensors)
+        return kld_subset([t for t in tensors if t.gguf_name in self.swappable], self.spec.calibrate_tensors)
 
     def klds(self, wanted: dict[str, list[str]], wkey: str) -> dict[str, dict[str, float]]:
         """The measured KLD of each wanted (tensor, type), stage by stage."""
