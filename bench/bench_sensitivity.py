@@ -13,8 +13,9 @@ fallback where a row does not fit), three numbers per (tensor, type):
 
 Reported: Spearman's rank correlation with the probes across tensors at each type (can the model tell
 which tensors are sensitive?) and the rms of log(kld / prediction) on the held-out tensors (how far
-off is a prediction, as a factor: exp(rms)). The importance weights are the mean x^2 of each linear's
-input on the same windows (an imatrix of those windows).
+off is a prediction, as a factor: exp(rms)). The importance weights are an imatrix computed on the
+probes' own windows (the tied embedding, which has none, is weighted as the output head, as in the
+planner).
 
     .venv/bin/python bench/bench_sensitivity.py [--json out.json]
 """
@@ -38,37 +39,18 @@ LAYERS = (0, 3, 7, 11, 15, 19, 23, 27, 29)
 TYPES = ("Q3_K", "Q4_K", "Q6_K")
 
 
-def input_energy(probe) -> dict[str, np.ndarray]:
-    """Mean x^2 per input column of every linear (the probe's windows), keyed by weight name."""
-    torch = probe._torch
-    sums: dict[str, object] = {}
-    hooks = []
-    for name, mod in probe.model.named_modules():
-        if isinstance(mod, torch.nn.Linear):
-            def grab(_m, args, _out, key=f"{name}.weight"):
-                x = args[0].detach().to(torch.float64)
-                sums[key] = sums.get(key, 0) + (x * x).reshape(-1, x.shape[-1]).sum(0)
-            hooks.append(mod.register_forward_hook(grab))
-    try:
-        probe._logp()
-    finally:
-        for h in hooks:
-            h.remove()
-    return {k: (v / probe.ids.numel()).numpy() for k, v in sums.items()}
-
-
 def calibrated_rms(rows: list[dict], train: set[str]) -> tuple[float, float]:
-    """Fit log kld = b[role] + s log proxy on ``train`` tensors; (slope, rms log error on the others)."""
-    roles = sorted({r["role"] for r in rows})
-    fit = [r for r in rows if r["tensor"] in train]
-    design = np.zeros((len(fit), 1 + len(roles)))
-    for i, r in enumerate(fit):
-        design[i, 0] = math.log(r["proxy"])
-        design[i, 1 + roles.index(r["role"])] = 1.0
-    coef, *_ = np.linalg.lstsq(design, np.array([math.log(r["kld"]) for r in fit]), rcond=None)
-    errors = [math.log(r["kld"]) - coef[0] * math.log(r["proxy"]) - coef[1 + roles.index(r["role"])]
-              for r in rows if r["tensor"] not in train]
-    return float(coef[0]), float(np.sqrt(np.mean(np.square(errors))))
+    """The planner's proxy calibration (:func:`aqrecipe.planner.fit.fit_calibration`) fitted on the
+    ``train`` tensors' probes; (its slope, rms log error of its predictions on the other tensors)."""
+    from aqrecipe.planner.fit import fit_calibration
+    from aqrecipe.planner.measurement import Measurement, TensorMeasurement, TypeOption
+
+    fitted = tuple(TensorMeasurement(name, name, rows_[0]["role"], None, (), 0,
+                                     tuple(TypeOption(r["type"], 0, r["proxy"], r["kld"]) for r in rows_))
+                   for name in sorted(train) for rows_ in [[r for r in rows if r["tensor"] == name]])
+    cal = fit_calibration(Measurement("bench", "bench", (), "proxy", fitted, fixed_bytes=0, fixed_params=0))
+    errors = [math.log(r["kld"] / cal.predict(r["role"], r["proxy"])) for r in rows if r["tensor"] not in train]
+    return cal.slope, float(np.sqrt(np.mean(np.square(errors))))
 
 
 def main() -> None:
@@ -80,6 +62,8 @@ def main() -> None:
     from bench_vs_llamacpp import cpu_info, cpu_line
     from float_model import float_demo
 
+    from aqrecipe.calibration.data import CalibrationSpec
+    from aqrecipe.imatrix.compute import compute_imatrix
     from aqrecipe.models import open_model
     from aqrecipe.models.tensor_names import layer_of, role_of
     from aqrecipe.planner.fisher import fisher_kld, kld_sensitivity
@@ -92,7 +76,9 @@ def main() -> None:
     source = open_model(float_demo())
     t0 = time.perf_counter()
     probe = KldProbe(source, calibration_token_windows(source, 8, 128, 0))
-    energy = input_energy(probe)
+    # the imatrix of the probe's own windows (same split, count, length and seed)
+    imatrix = compute_imatrix(source, CalibrationSpec(samples=8, seq_len=128, seed=0, enforce_sample_range=False),
+                              quiet=True)
     names = [t.gguf_name for t in source.tensors if len(t.shape) == 2 and probe_can_swap(source, t.gguf_name)
              and (layer_of(t.gguf_name) in LAYERS or layer_of(t.gguf_name) is None)]
     sens = kld_sensitivity(probe, [source.tensor(n).hf_name for n in names])
@@ -100,7 +86,8 @@ def main() -> None:
     rows = []
     for name in names:
         hf_name, w = hf_weight_of(source, name)
-        a = energy.get(hf_name, energy.get("lm_head.weight"))
+        # the tied token_embd has no imatrix entry: weigh it as the output head, as the planner does
+        a = imatrix.importance(name) if name in imatrix.entries else probe.output_importance
         for type_name in TYPES:
             w_hat = round_trip(w, fallback_for(type_name, w.shape[-1]), a.astype(np.float32))
             rows.append({"tensor": name, "role": role_of(name, tied_output=True), "type": type_name,
