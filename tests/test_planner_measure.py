@@ -67,11 +67,11 @@ def test_measure_sizes_resume_and_reuse(tiny_llama_dir: Path, tmp_path: Path, mo
     monkeypatch.undo()
     # a killed run: the final file and one stage are gone; the rest is reused, result identical
     next(folder.glob("measurement-*.json")).unlink()
-    (folder / "proxy-0001.json").unlink()
-    before = (folder / "proxy-0000.json").stat().st_mtime_ns
+    (folder / "proxy-rows512-0001.json").unlink()
+    before = (folder / "proxy-rows512-0000.json").stat().st_mtime_ns
     again = measure(source, None, CANDS, SPEC, tmp_path)
     assert again == m
-    assert (folder / "proxy-0000.json").stat().st_mtime_ns == before
+    assert (folder / "proxy-rows512-0000.json").stat().st_mtime_ns == before
     assert Measurement.load(next(folder.glob("measurement-*.json"))) == m
 
 
@@ -106,7 +106,8 @@ def test_tied_embeddings_get_output_role(tiny_qwen2_dir: Path, tmp_path: Path) -
 def test_spec_round_trip_and_schema() -> None:
     jsonschema = pytest.importorskip("jsonschema")
     d = {"type": "budget", "target_bpw": 3.5, "max_kld": 0.1, "candidates": ["Q4_K", "Q8_0"],
-         "measurement": {"type": "kld", "samples": 16, "seq_len": 128, "calibrate_tensors": 0, "seed": 0}}
+         "measurement": {"type": "kld", "samples": 16, "seq_len": 128, "calibrate_tensors": 0, "seed": 0,
+                         "sample_rows": 256}}
     spec = PlannerSpec.from_dict(d)
     assert spec.to_dict() == {**d, "target_bytes": None, "validate": True}
     jsonschema.Draft202012Validator.check_schema(SCHEMA_FRAGMENT)

@@ -69,7 +69,16 @@ def kld_sensitivity(probe: KldProbe, hf_names: Iterable[str], *, seed: int = 0) 
     return {n: (s * scale).numpy() for n, s in sums.items()}
 
 
-def fisher_kld(sensitivity: np.ndarray, w: np.ndarray, w_hat: np.ndarray) -> float:
-    """Predicted per-token KLD of replacing ``w`` by ``w_hat``: ``Σ S ⊙ (w - w_hat)²``."""
+def fisher_kld(sensitivity: np.ndarray, w: np.ndarray, w_hat: np.ndarray,
+               row_weights: np.ndarray | None = None) -> float:
+    """Predicted per-token KLD of replacing ``w`` by ``w_hat``: ``Σ S ⊙ (w - w_hat)²``; ``row_weights``:
+    what each row counts for when the arrays hold a sample of a tensor's rows."""
     d = np.asarray(w, dtype=np.float64) - np.asarray(w_hat, dtype=np.float64).reshape(np.shape(w))
-    return float(np.einsum("ij,ij->", d * d, np.asarray(sensitivity, dtype=np.float64).reshape(d.shape)))
+    per_row = np.einsum("ij,ij->i", d * d, np.asarray(sensitivity, dtype=np.float64).reshape(d.shape))
+    return float(per_row.sum() if row_weights is None else per_row @ np.asarray(row_weights, dtype=np.float64))
+
+
+def fisher_energy(sensitivity: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Per row, ``Σ S ⊙ W²``: the Fisher estimate's row weights and the choice of exact rows use it."""
+    return np.einsum("ij,ij->i", np.asarray(sensitivity, dtype=np.float64).reshape(np.shape(w)),
+                     np.square(w, dtype=np.float64))

@@ -3,12 +3,16 @@
 One reference forward pass over the calibration windows gives the reference
 log-probabilities (and the output head's input statistics, which weigh the
 proxy of a tied ``token_embd``). Each (tensor, type) then costs one forward
-pass with only that tensor replaced by its round trip. torch is imported here
-only, lazily.
+pass with only that tensor replaced by its round trip, from the tensor's own
+decoder layer on: the layers before it compute what they computed in the
+reference pass, so their outputs, kept from it, are replayed instead (the
+model's own forward still runs its preamble, final norm and head). torch is
+imported here only, lazily.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -48,20 +52,42 @@ class KldProbe:
             x = args[0].detach().to(torch.float64)
             sums.append(((x * x).reshape(-1, x.shape[-1]).sum(0), x.shape[0] * x.shape[1]))
 
-        handle = head.register_forward_hook(grab)
+        self._layers = _decoder_layers(self.model)
+        #: decoder layer index of each of its parameters (the others feed every layer: no replay)
+        self._layer_of = {id(p): i for i, layer in enumerate(self._layers) for p in layer.parameters()}
+        self._layer_outputs: list[Any] = [None] * len(self._layers)
+
+        def keep(index: int) -> Any:
+            def hook(_module: Any, _args: tuple, out: Any) -> None:
+                self._layer_outputs[index] = out
+            return hook
+
+        handles = [head.register_forward_hook(grab)]
+        handles += [layer.register_forward_hook(keep(i)) for i, layer in enumerate(self._layers)]
         try:
             self.ref_logp = self._logp()
         finally:
-            handle.remove()
+            for h in handles:
+                h.remove()
         total = sum(s for s, _ in sums)
         count = sum(n for _, n in sums)
         #: mean x^2 per input column of the output head (final normed hidden state)
         self.output_importance = (total / count).to(torch.float32).numpy()
 
-    def _logp(self) -> Any:
+    def _logp(self, first_layer: int = 0) -> Any:
+        """Log-probs of the model as it is; decoder layers before ``first_layer`` replay the reference
+        pass's outputs (right only while none of their weights differs from the reference)."""
         torch = self._torch
-        with torch.inference_mode():
-            logits = self.model(input_ids=self.ids, use_cache=False).logits
+        originals = list(self._layers[:first_layer])
+        replay = _replay_class()
+        try:
+            for i in range(first_layer):
+                self._layers[i] = replay(originals[i], self._layer_outputs[i])
+            with torch.inference_mode():
+                logits = self.model(input_ids=self.ids, use_cache=False).logits
+        finally:
+            for i, layer in enumerate(originals):
+                self._layers[i] = layer
         return torch.log_softmax(logits.to(torch.float32), dim=-1)
 
     def set_weight(self, hf_name: str, w_hat: np.ndarray) -> None:
@@ -71,18 +97,54 @@ class KldProbe:
 
     def current_kld(self) -> float:
         """Mean per-token KL(reference || the model with the weights set so far), in nats."""
-        logp = self._logp()
+        return self._kld_of(self._logp())
+
+    def _kld_of(self, logp: Any) -> float:
         kl = (self.ref_logp.exp() * (self.ref_logp - logp)).sum(-1)
         return float(kl.mean())
 
     def kld(self, hf_name: str, w_hat: np.ndarray) -> float:
         """Mean per-token KL(reference || model with only ``hf_name`` := ``w_hat``), in nats."""
-        original = self.model.get_parameter(hf_name).data.clone()
+        param = self.model.get_parameter(hf_name)
+        original = param.data.clone()
         try:
             self.set_weight(hf_name, w_hat)
-            return self.current_kld()
+            return self._kld_of(self._logp(first_layer=self._layer_of.get(id(param), 0)))
         finally:
-            self.model.get_parameter(hf_name).data.copy_(original)
+            param.data.copy_(original)
+
+
+def _decoder_layers(model: Any) -> Any:
+    """``model.model.layers`` (the decoder layers, in call order), or an empty list when the model
+    keeps them elsewhere (then every probe runs the whole model)."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    return layers if layers is not None else []
+
+
+@functools.cache
+def _replay_class() -> type:
+    import torch
+
+    class Replay(torch.nn.Module):
+        """Stands in for a decoder layer whose weights are the reference's: returns what the layer
+        returned in the reference pass. Other attributes (a decoder may read e.g. the layer's
+        ``attention_type`` to pick its mask) are the layer's."""
+
+        def __init__(self, layer: Any, output: Any) -> None:
+            super().__init__()
+            object.__setattr__(self, "_layer", layer)  # not a submodule: its parameters stay out
+            self.output = output
+
+        def forward(self, *_args: Any, **_kwargs: Any) -> Any:
+            return self.output
+
+        def __getattr__(self, name: str) -> Any:
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(object.__getattribute__(self, "_layer"), name)
+
+    return Replay
 
 
 def probe_can_swap(source: WeightSource, gguf_name: str) -> bool:

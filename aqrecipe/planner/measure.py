@@ -4,8 +4,9 @@ fisher), measured KLD for a subset or all; resumable.
 Work folder layout (``<work_dir>/measure-<key>/``, key = model fingerprint +
 imatrix hash + candidates)::
 
-    proxy-<stage>.json          proxies of one decoder layer's tensors (stage "global": token_embd/output)
-    fisher-<wkey>-<stage>.json  Fisher estimates of the KLD of that stage's tensors (type fisher)
+    proxy-rows<n>-<stage>.json  proxies of one decoder layer's tensors (stage "global": token_embd/output),
+                                from up to n sampled rows per tensor (``sample_rows``; 0: all)
+    fisher-<wkey>-rows<n>-<stage>.json  Fisher estimates of the KLD of that stage's tensors (type fisher)
     kld-<wkey>-<stage>.json     measured KLDs of that stage's tensors (wkey: samples, seq_len, seed)
     measurement-<skey>.json     the finished :class:`Measurement` (skey: all settings), reused by
                                 every later budget
@@ -40,7 +41,7 @@ from aqrecipe.models.tensor_names import layer_of, role_of
 from aqrecipe.planner.measurement import (MEASUREMENT_FORMAT, Measurement, TensorMeasurement, TypeOption,
                                           candidate_types, imatrix_hash)
 from aqrecipe.quant.sizes import tensor_bytes
-from aqrecipe.planner.proxy import can_quantize, proxy_error, round_trip
+from aqrecipe.planner.proxy import can_quantize, proxy_error, round_trip, row_energy, sample_rows
 
 if TYPE_CHECKING:
     from aqrecipe.imatrix.data import ImatrixData
@@ -202,7 +203,7 @@ class _Measuring:
         for name in sorted(self.stages):
             members = [i.gguf_name for i in self.stages[name] if i.gguf_name in self.swappable]
             if members:
-                out.update(self._checkpointed(f"fisher-{wkey}-{name}.json", self._fisher_stage, members))
+                out.update(self._checkpointed(f"fisher-{wkey}-rows{self.spec.sample_rows}-{name}.json", self._fisher_stage, members))
         return out
 
     def _fisher_stage(self, members: list[str]) -> dict:
@@ -214,22 +215,32 @@ class _Measuring:
         """The proxy of every candidate type of one tensor and, ``with_fisher``, its Fisher estimate from
         the same round trips (else None). The proxy sums over rows, so the HF row order the Fisher needs
         gives the proxy of llama.cpp's layout."""
-        from aqrecipe.planner.fisher import fisher_kld
+        from aqrecipe.planner.fisher import fisher_energy, fisher_kld
         from aqrecipe.planner.kld import hf_weight_of
 
         if with_fisher:
             hf_name, w = hf_weight_of(self.source, info.gguf_name)
-            sens = self.sensitivity()[hf_name]
+            sens = self.sensitivity()[hf_name].reshape(w.shape)
         else:
             w = self._weight(info)
         imp, weight = self.importance(info.gguf_name), self.error_weight(info.gguf_name)
+        energy = row_energy(w, weight)
+        n_groups = len(imp) if imp is not None and np.ndim(imp) == 2 else 1
+        sample = sample_rows(fisher_energy(sens, w) if with_fisher else energy, n_groups, self.spec.sample_rows)
+        proxy_rows = fisher_rows = None
+        if sample is not None:
+            proxy_rows = sample.row_weights(energy)
+            if with_fisher:
+                fisher_rows = sample.row_weights(fisher_energy(sens, w))
+                sens = sens[sample.rows]
+            w = w[sample.rows]
         proxies, fishers = {}, {}
         for t in candidate_types(self.candidates, info.shape[-1]):
             if can_quantize(t, imp):
                 w_hat = round_trip(w, t, imp)
-                proxies[t] = proxy_error(w, w_hat, weight)
+                proxies[t] = proxy_error(w, w_hat, weight, proxy_rows)
                 if with_fisher:
-                    fishers[t] = fisher_kld(sens, w, w_hat)
+                    fishers[t] = fisher_kld(sens, w, w_hat, fisher_rows)
         return proxies, (fishers if with_fisher else None)
 
     def importance(self, name: str) -> np.ndarray | None:
@@ -256,7 +267,7 @@ class _Measuring:
         for name in sorted(self.stages):
             log.info("proxy stage %s (%d tensors)", name, len(self.stages[name]))
             members = [i.gguf_name for i in self.stages[name]]
-            proxies.update(self._checkpointed(f"proxy-{name}.json", self._proxy_stage, members))
+            proxies.update(self._checkpointed(f"proxy-rows{self.spec.sample_rows}-{name}.json", self._proxy_stage, members))
         return proxies
 
     def _proxy_stage(self, members: list[str]) -> dict:

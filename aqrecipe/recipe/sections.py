@@ -284,6 +284,11 @@ class MeasurementSpec:
     calibrated on the Fisher estimates. ``proxy``: the imatrix-weighted relative round-trip error,
     calibrated per role on the measured tensors. ``kld``: every (tensor, type) measured exactly (one
     forward pass each).
+
+    ``sample_rows``: the proxy and the Fisher estimate of a tensor with more rows than this (per
+    expert of a merged-expert tensor) come from that many evenly spaced rows (0: every row); the
+    Fisher sum is scaled to the whole tensor by the rows' share of ``Σ S ⊙ W²`` (a ratio estimate,
+    like the proxy itself).
     """
 
     type: str = "fisher"
@@ -291,6 +296,7 @@ class MeasurementSpec:
     seq_len: int = 128
     calibrate_tensors: int = 8  # x up to 5 types: 40 probes (the Fisher estimate needs only its per-type check)
     seed: int = 0
+    sample_rows: int = 512
 
 
 @section("planner")
