@@ -118,3 +118,12 @@ def test_spec_round_trip_and_schema() -> None:
     assert list(v.iter_errors({"type": "budget", "target_bpw": 3, "colour": 1}))
 
 
+
+
+def test_probed_tensors_default_by_measurement_type() -> None:
+    """fisher needs no probes to rank the options (measured: better plans without them); proxy
+    needs them to be scaled to KLD at all; an explicit count wins for either."""
+    assert MeasurementSpec().probed_tensors == 0
+    assert MeasurementSpec(type="proxy").probed_tensors == 8
+    assert MeasurementSpec(type="fisher", calibrate_tensors=3).probed_tensors == 3
+    assert MeasurementSpec(type="proxy", calibrate_tensors=0).probed_tensors == 0

@@ -47,7 +47,8 @@ coherence: {strict: true}
     assert sq.groups[0].alpha == 1.0 and sq.groups[0].linears == ()
     assert sq == SmoothQuantConfig.from_dict(r.stage("smoothquant"))
     pl = r.section("planner")
-    assert pl.target_bpw == 3.0 and pl.candidates == ("Q4_K", "Q8_0") and pl.measurement.type == "fisher" and pl.measurement.calibrate_tensors == 8 and pl.validate
+    assert pl.target_bpw == 3.0 and pl.candidates == ("Q4_K", "Q8_0") and pl.measurement.type == "fisher"
+    assert pl.measurement.calibrate_tensors is None and pl.measurement.probed_tensors == 0 and pl.validate
     sw = r.section("super_weights")
     assert sw.detect.type == "activation" and sw.detect.spike_ratio == 50.0 and sw.protect.type == "raise-tensor"
     assert r.section("coherence") == CoherenceSpec(strict=True)

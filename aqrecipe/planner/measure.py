@@ -250,7 +250,7 @@ class _Measuring:
         imp = self.importance(name)
         spec = self.spec
         if (imp is None and name == "token_embd.weight" and self.tied and self.source.hf_folder is not None
-                and (spec.calibrate_tensors > 0 or spec.type != "proxy")):
+                and (spec.probed_tensors > 0 or spec.type != "proxy")):
             return self.probe().output_importance  # a tied token_embd is the output head too
         return imp
 
@@ -300,7 +300,7 @@ class _Measuring:
                          "calibrated on the other tensors' Fisher estimates and KLD probes")
             return {t.gguf_name: [o.type for o in t.options] for t in tensors}
         # merged experts and split tensors have no HF weight of their own: the calibrated proxy ranks them
-        return kld_subset([t for t in tensors if t.gguf_name in self.swappable], self.spec.calibrate_tensors)
+        return kld_subset([t for t in tensors if t.gguf_name in self.swappable], self.spec.probed_tensors)
 
     def klds(self, wanted: dict[str, list[str]], wkey: str) -> dict[str, dict[str, float]]:
         """The measured KLD of each wanted (tensor, type), stage by stage."""
