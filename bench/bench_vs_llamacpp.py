@@ -28,6 +28,8 @@ Usage::
     .venv/bin/python bench/bench_vs_llamacpp.py Q4_K_M --chunks 4 --no-planner --no-gptq   # smoke
     .venv/bin/python bench/bench_vs_llamacpp.py --planner-types Q4_K_M Q2_K --gptq-types Q4_K_M Q2_K \
         --json out.json                                               # the slow rows at two sizes only
+    .venv/bin/python bench/bench_vs_llamacpp.py Q4_K_M --no-rtn --no-gptq --measurement type=fisher calibrate_tensors=0
+                                                                      # the planner with other measurement settings
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
+
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -325,6 +329,7 @@ class Inputs:
     base: Path
     context: int
     threads: int
+    measurement: dict[str, Any] = field(default_factory=dict)  # planner.measurement settings (default: none)
 
 
 def quantize_llamacpp(inp: Inputs, file_type: str, out: Path, logs: Path) -> tuple[float, dict[str, Any]]:
@@ -346,6 +351,24 @@ def quantize_aqrecipe(inp: Inputs, file_type: str, out: Path, logs: Path, *extra
     return seconds, info
 
 
+def plan_with_measurement(inp: Inputs, file_type: str, bpw: float, out: Path, logs: Path) -> tuple[float, dict[str, Any]]:
+    """The planner row with ``inp.measurement`` settings: the recipe ``quantize --target-bpw`` stands
+    for (``--emit-recipe``) with those in its ``planner.measurement``, run by ``aqrecipe apply``."""
+    emitted = subprocess.run([str(inp.aq), "quantize", str(inp.folder), "--type", file_type, "--imatrix",
+                              str(inp.imatrix), "--target-bpw", repr(bpw), "--emit-recipe"],
+                             check=True, capture_output=True, text=True).stdout
+    recipe = yaml.safe_load(emitted)
+    recipe["planner"]["measurement"] = dict(inp.measurement)
+    path = logs / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    report = logs / "report.json"
+    seconds = run_logged([inp.aq, "apply", path, "-o", out, "--no-eval", "--report", report,
+                          "--work-dir", out.parent / "work"], logs / "quantize.log",
+                         env={"RAYON_NUM_THREADS": str(inp.threads)})
+    data = json.loads(report.read_text())
+    return seconds, {"stage_seconds": data.get("seconds"), "plan_bpw": data.get("bits_per_weight")}
+
+
 def make_row(inp: Inputs, file_type: str, method: str, rows_dir: Path, reference: Row | None) -> Row:
     """Quantize one file (fresh folder) and score it."""
     folder = rows_dir / file_type / method.replace(" ", "-").replace(".", "")
@@ -363,8 +386,11 @@ def make_row(inp: Inputs, file_type: str, method: str, rows_dir: Path, reference
     elif method == "aqrecipe planner":
         assert reference is not None
         bpw = planner_bpw(reference.tensor_bytes, reference.n_params)
-        extra.update(target_bpw=bpw, target_bytes=reference.tensor_bytes)
-        seconds, info = quantize_aqrecipe(inp, file_type, out, folder, "--target-bpw", repr(bpw))
+        extra.update(target_bpw=bpw, target_bytes=reference.tensor_bytes, measurement=inp.measurement)
+        if inp.measurement:
+            seconds, info = plan_with_measurement(inp, file_type, bpw, out, folder)
+        else:
+            seconds, info = quantize_aqrecipe(inp, file_type, out, folder, "--target-bpw", repr(bpw))
     else:
         raise ValueError(method)
     tensor_bytes, n_params, types = gguf_tensor_stats(out)
@@ -416,19 +442,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--context", type=int, default=512, help="tokens per evaluation / imatrix window")
     ap.add_argument("--imatrix-chunks", type=int, default=64, help="llama-imatrix windows of the calibration split")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-rtn", action="store_true", help="skip the aqrecipe rtn rows")
     ap.add_argument("--no-gptq", action="store_true", help="skip the aqrecipe --rounding gptq rows")
     ap.add_argument("--no-planner", action="store_true", help="skip the planner rows")
     ap.add_argument("--planner-types", nargs="*", metavar="TYPE",
                     help="run the planner only at these types' sizes (default: every type)")
     ap.add_argument("--gptq-types", nargs="*", metavar="TYPE",
                     help="run gptq only for these types (default: every type; each run has its own Hessian pass)")
+    ap.add_argument("--measurement", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="planner.measurement settings of the planner rows, e.g. type=fisher calibrate_tensors=0 "
+                         "(default: the recipe defaults)")
     ap.add_argument("--work", type=Path, default=None, help="work folder (default ~/.cache/aqrecipe/bench/vs-llamacpp)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here (default WORK/results.json)")
     return ap.parse_args(argv)
 
 
 def methods_for(file_type: str, args: argparse.Namespace) -> list[str]:
-    methods = ["llama.cpp", "aqrecipe rtn"]
+    methods = ["llama.cpp"] + ([] if args.no_rtn else ["aqrecipe rtn"])
     if not args.no_gptq and (args.gptq_types is None or file_type in args.gptq_types):
         methods.append("aqrecipe gptq")
     if not args.no_planner and (args.planner_types is None or file_type in args.planner_types):
@@ -470,7 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{' (cached base logits)' if base['cached'] else ''}")
     print(f"llama.cpp {base.get('system_info', '')}", flush=True)
 
-    inp = Inputs(tools, aq, folder, f16, imatrix, base_path, args.context, args.threads)
+    measurement = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.measurement)}
+    inp = Inputs(tools, aq, folder, f16, imatrix, base_path, args.context, args.threads, measurement)
     rows: list[Row] = []
     payload: dict[str, Any] = {
         "machine": {**cpu, "line": cpu_line(cpu), "system_info": base.get("system_info")},
