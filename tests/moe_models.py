@@ -2,7 +2,8 @@
 
 Each starts from the ``config.json`` of the family's reference checkpoint on the Hugging Face Hub,
 kept key for key except the sizes: two or three layers, hidden 256 (whole 256-value K-quant
-blocks), few experts. DeepSeek-V3 keeps its shape of first dense layers, a shared expert, grouped
+blocks), few experts. Qwen2-MoE (Qwen1.5-MoE-A2.7B) adds a shared expert behind a sigmoid gate of
+its own and q/k/v biases. DeepSeek-V3 keeps its shape of first dense layers, a shared expert, grouped
 sigmoid routing and MLA attention (its multi-token-prediction layer and FP8 quantization config are
 dropped: llama.cpp's converter skips the first and a float checkpoint has no second). The folder is
 what ``save_pretrained`` writes (per-expert checkpoint tensors, as on the Hub) plus the demo's
@@ -42,6 +43,20 @@ MOE_FAMILIES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     }, {"hidden_size": 256, "head_dim": 64, "intermediate_size": 512, "moe_intermediate_size": 256,
         "num_attention_heads": 4, "num_key_value_heads": 2, "num_experts": 16, "num_experts_per_tok": 4,
         "num_hidden_layers": 2, "max_window_layers": 2, "max_position_embeddings": 256}),
+    "qwen2moe": ("Qwen/Qwen1.5-MoE-A2.7B", {
+        "architectures": ["Qwen2MoeForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 151643,
+        "decoder_sparse_step": 1, "eos_token_id": 151643, "hidden_act": "silu", "hidden_size": 2048,
+        "initializer_range": 0.02, "intermediate_size": 5632, "max_position_embeddings": 8192,
+        "max_window_layers": 21, "model_type": "qwen2_moe", "moe_intermediate_size": 1408,
+        "norm_topk_prob": False, "num_attention_heads": 16, "num_experts": 60, "num_experts_per_tok": 4,
+        "num_hidden_layers": 24, "num_key_value_heads": 16, "output_router_logits": False,
+        "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "router_aux_loss_coef": 0.001,
+        "shared_expert_intermediate_size": 5632, "sliding_window": 32768, "tie_word_embeddings": False,
+        "torch_dtype": "bfloat16", "use_cache": True, "use_sliding_window": False, "vocab_size": 151936,
+    }, {"hidden_size": 256, "intermediate_size": 512, "moe_intermediate_size": 256,
+        "shared_expert_intermediate_size": 512, "num_attention_heads": 4, "num_key_value_heads": 4,
+        "num_experts": 8, "num_experts_per_tok": 4, "num_hidden_layers": 2, "max_window_layers": 2,
+        "max_position_embeddings": 256}),
     "deepseek3": ("deepseek-ai/DeepSeek-V3", {
         "architectures": ["DeepseekV3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
         "bos_token_id": 0, "eos_token_id": 1, "ep_size": 1, "first_k_dense_replace": 3,
@@ -67,7 +82,7 @@ MOE_FAMILIES: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
 #: the demo tokenizer's vocabulary (every tiny model uses it)
 VOCAB = 49152
 #: routed experts per layer, by family
-N_EXPERT = {"mixtral": 8, "qwen3moe": 16, "deepseek3": 16}
+N_EXPERT = {"mixtral": 8, "qwen3moe": 16, "qwen2moe": 8, "deepseek3": 16}
 
 
 def moe_config(name: str) -> dict[str, Any]:

@@ -323,6 +323,9 @@ MODEL_CASES = [
     Case("model-absurd-config-1e30", config_change(max_position_embeddings=1e30), ModelError,
          ("max_position_embeddings", "1e+30", "positive integer")),
     Case("model-absurd-config-huge-int", config_change(intermediate_size=10**40), ModelError, ("intermediate_size",)),
+    # 0 is transformers 5's "off" only beside use_sliding_window: false (Qwen2-MoE writes that pair)
+    Case("model-absurd-config-sliding-window-zero", config_change(sliding_window=0, use_sliding_window=True),
+         ModelError, ("sliding_window", "positive integer")),
     Case("model-absurd-config-string-flag", config_change(tie_word_embeddings="false"), ModelError,
          ("tie_word_embeddings", "'false'", "without quotes")),
     Case("model-config-contradiction-tied-head", config_change(tie_word_embeddings=True), ModelError,

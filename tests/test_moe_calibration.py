@@ -102,6 +102,12 @@ def test_experts_shared_experts_and_routers_by_family(moe: MoeRun) -> None:
     if moe.name == "deepseek3":  # the first layer dense, a shared expert, MLA
         assert "blk.0.ffn_down.weight" in names and "blk.0.ffn_down_exps.weight" not in names
         assert f"blk.{last}.ffn_down_shexp.weight" in names and f"blk.{last}.attn_kv_a_mqa.weight" in names
+    if moe.name == "qwen2moe":  # a shared expert behind its own sigmoid gate, which is never quantized
+        from aqrecipe.plan import is_quantizable
+
+        gate = f"blk.{last}.ffn_gate_inp_shexp.weight"
+        assert names[f"blk.{last}.ffn_down_shexp.weight"] == (256, 512) and gate in names
+        assert not is_quantizable(gate, names[gate]) and is_quantizable(f"blk.{last}.ffn_up_shexp.weight", (512, 256))
 
 
 @llamacpp

@@ -34,8 +34,8 @@ def check_config(folder: Path, config: dict[str, Any]) -> None:
                             f"write {key}: true or false without quotes")
         for key in _COUNT_KEYS:
             value = section.get(key)
-            if value is None:
-                continue
+            if value is None or (key == "sliding_window" and value == 0 and section.get("use_sliding_window") is False):
+                continue  # transformers 5 writes sliding_window 0 for "off" (Qwen2-MoE's config)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _MAX_COUNT:
                 raise _fail(folder, f"{key} is {str(value)[:40]}, not a positive integer below 2**31",
                             "restore config.json from the model repository")
