@@ -7,16 +7,19 @@ no KLD probes (fisher's default; ``calibrate_tensors: 8`` adds 40, shown apart),
 512, the default candidates):
 
 - round trips: ``round_trip`` (quantize + dequantize, as the measurement calls it) of every candidate
-  type on a ``ROWS`` x width float32 sample with a log-normal importance, per weight; the measurement
-  does it on ``min(rows, sample_rows)`` rows of every tensor;
+  type on a ``ROWS`` x width float32 sample with a log-normal importance, plus the proxy and Fisher
+  arithmetic on it, per weight; the measurement does it on ``min(rows, sample_rows)`` rows of every
+  tensor;
 - forward (and forward + backward) of ONE decoder layer of the shape (transformers' LlamaDecoderLayer,
   random weights, float32, sdpa attention) and of the output head with its log-softmax, on
   ``TOKENS`` tokens, scaled to the planner's 1,024 tokens (matmul cost is linear in tokens);
 - then: Fisher pass = forward + backward of every layer and the head; the reference pass and
   each probe = a forward pass, a probe from its tensor's layer on (the earlier layers
   replay the reference, and the probed tensors are spread over depth: half the layers on average);
-  validation = 3 forward passes plus a round trip of every weight at its planned type; packing =
-  every weight encoded once (both at aqrecipe's Q4_K rate, the bulk of a planned file at these sizes).
+  validation = 3 forward passes plus a round trip of every weight at its planned type and one at the
+  mixture's (an upper bound: tensors the plan types like the mixture are not redone); packing = every
+  weight encoded once (``codecs.quantize``); both at aqrecipe's Q4_K rates, the bulk of a planned
+  file at these sizes.
 - llama-quantize's Q4_K_M on the same shape: ``ggml_quantize_chunk`` (llama.cpp's per-chunk
   call, from llama-cpp-python's ggml library, 2 threads) rates of the types aqrecipe's Q4_K_M mixture
   (llama.cpp's rules, :mod:`aqrecipe.plan.mixtures`) gives each tensor, times its weights.
@@ -69,18 +72,32 @@ def _best(fn, reps: int = 2) -> float:
     return best
 
 
-def round_trip_seconds_per_weight(types: list[str], widths: set[int]) -> dict[tuple[str, int], float]:
-    from aqrecipe.planner.proxy import round_trip
+def codec_seconds_per_weight(types: list[str], widths: set[int]) -> dict[str, dict]:
+    """Seconds per weight, by (type, width): ``round_trip`` (the measurement's and the validation's
+    call) and ``quantize`` (packing's); by width: ``errors``, the proxy and Fisher arithmetic of one option."""
+    from aqrecipe.planner.fisher import fisher_kld
+    from aqrecipe.planner.proxy import proxy_error, round_trip
+    from aqrecipe.quant import codecs
 
     rng = np.random.default_rng(0)
-    rates = {}
+    out: dict[str, dict] = {"round_trip": {}, "quantize": {}, "errors": {}}
     for width in sorted(widths):
         w = rng.standard_normal((ROWS, width)).astype(np.float32)
         imp = rng.lognormal(0.0, 1.0, width).astype(np.float32)
+        sens = rng.random((ROWS, width)).astype(np.float32)
+        rows = np.ones(ROWS)
+        w_hat = round_trip(w, types[0], imp)
+
+        def errors() -> None:
+            proxy_error(w, w_hat, imp, rows)
+            fisher_kld(sens, w, w_hat, rows)
+
+        out["errors"][width] = _best(errors) / w.size
         for t in types:
             round_trip(w[:2], t, imp)
-            rates[(t, width)] = _best(lambda: round_trip(w, t, imp)) / w.size
-    return rates
+            out["round_trip"][(t, width)] = _best(lambda: round_trip(w, t, imp)) / w.size
+            out["quantize"][(t, width)] = _best(lambda: codecs.quantize(w, t, imp)) / w.size
+    return out
 
 
 def ggml_seconds_per_weight(types: set[str], widths: set[int], threads: int) -> dict[tuple[str, int], float] | None:
@@ -186,27 +203,30 @@ def main() -> None:
         tensors = gguf_tensors(s)
         widths = {c for _, _, c in tensors}
         types = sorted({t for w in widths for t in candidate_types(DEFAULT_CANDIDATES, w)})
-        rt = round_trip_seconds_per_weight(types, widths)
+        codec = codec_seconds_per_weight(types, widths)
+        rt, errors = codec["round_trip"], codec["errors"]
         mixture = q4_k_m_types(s)
         ggml = ggml_seconds_per_weight(set(mixture.values()), widths, args.threads)
         lt = layer_seconds(s)
         n_layers = s["n_layers"]
         n_weights = sum(r * c for _, r, c in tensors)
-        round_trips = sum(min(r, sample_rows) * c * rt[(t, c)]
+        round_trips = sum(min(r, sample_rows) * c * (rt[(t, c)] + errors[c])
                           for _, r, c in tensors for t in candidate_types(DEFAULT_CANDIDATES, c))
         forward = scale * (n_layers * lt["f_layer"] + lt["f_head"])
         fisher = scale * (n_layers * lt["fb_layer"] + lt["fb_head"])
         probe = scale * ((n_layers + 1) / 2 * lt["f_layer"] + lt["f_head"])
         probes = MeasurementSpec().probed_tensors * TYPES_PER_PROBED_TENSOR * probe  # 0 by default (fisher)
         probes_8 = 8 * TYPES_PER_PROBED_TENSOR * probe
-        encode = sum(r * c * rt[("Q4_K", c)] for _, r, c in tensors)
-        validation = VALIDATION_PASSES * forward + encode
-        packing = encode
+        full_round_trip = sum(r * c * rt[("Q4_K", c)] for _, r, c in tensors)
+        validation = VALIDATION_PASSES * forward + 2 * full_round_trip  # the plan's and the mixture's round trips
+        packing = sum(r * c * codec["quantize"][("Q4_K", c)] for _, r, c in tensors)
         total = round_trips + fisher + forward + probes + validation + packing
         print(f"\n## {shape}: {n_layers} layers, {n_weights / 1e9:.2f} B quantizable weights "
               f"(threads={args.threads})\n")
         print(f"one layer, {TOKENS} tokens: forward {lt['f_layer']:.2f} s, forward+backward {lt['fb_layer']:.2f} s; "
               f"head: {lt['f_head']:.2f} s, {lt['fb_head']:.2f} s")
+        print("proxy + Fisher arithmetic per option, M weights/s: " + ", ".join(
+            f"@{c} {1e-6 / v:.1f}" for c, v in sorted(errors.items())))
         print("round trip, M weights/s: " + ", ".join(
             f"{t}@{c} {1e-6 / v:.1f}" for (t, c), v in sorted(rt.items(), key=lambda kv: (kv[0][1], kv[0][0]))))
         print("\n| stage | seconds |\n|---|---:|")
@@ -214,7 +234,8 @@ def main() -> None:
                            ("Fisher pass (forward + backward, 1,024 tokens)", fisher),
                            ("reference pass", forward),
                            (f"KLD probes, default ({round(probes / probe)} probes)", probes),
-                           ("validation (3 forward passes + every weight's round trip)", validation),
+                           ("validation (3 forward passes + every weight's round trip at the plan's and at the "
+                            "mixture's type)", validation),
                            ("packing", packing), ("**planned file, all stages (defaults)**", total),
                            ("with `calibrate_tensors: 8`: 40 KLD probes (replayed prefix) more", probes_8)):
             print(f"| {label} | {sec:,.0f} |")
@@ -223,7 +244,7 @@ def main() -> None:
             print(f"| llama-quantize Q4_K_M (encoding only) | {llama:,.0f} |")
             print(f"\nplanned file / llama-quantize Q4_K_M: {total / llama:.1f}x (with 40 probes "
                   f"{(total + probes_8 - probes) / llama:.1f}x; the stages without torch, round trips + "
-                  f"validation's round trip + packing: {(round_trips + 2 * encode) / llama:.1f}x)")
+                  f"validation's round trips + packing: {(round_trips + 2 * full_round_trip + packing) / llama:.1f}x)")
         params = n_weights + sum(4 * s["hidden"] for _ in range(n_layers))
         print(f"float32 model {4 * params / 2**30:.0f} GiB; the Fisher pass holds the gradients too: "
               f"{8 * params / 2**30:.0f} GiB")
