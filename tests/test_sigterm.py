@@ -61,7 +61,14 @@ def _start(argv: list[str], marker: Path, *, pause_at: str | None = None) -> sub
     else:
         cmd = [sys.executable, "-m", "aqrecipe.cli", *argv]
         env = _env(**{PAUSE_ENV: pause_at, PAUSE_FILE_ENV: str(marker)})
-    return subprocess.Popen(cmd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # a shell starts background jobs (`make test &`) with SIGINT ignored, and Python keeps an inherited
+    # ignore, so the child would never see Ctrl-C: give it the default disposition a terminal gives
+    return subprocess.Popen(cmd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=_default_sigint)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _signal_when_paused(proc: subprocess.Popen, marker: Path, signum: int = signal.SIGTERM) -> tuple[int, str]:
