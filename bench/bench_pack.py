@@ -85,7 +85,8 @@ def _weighted_error(w: np.ndarray, decoded: np.ndarray, importance: np.ndarray |
     return float((((w - decoded).astype(np.float64) ** 2) * weight).sum())
 
 
-def _best(fn, reps: int) -> float:
+def best_seconds(fn, reps: int) -> float:
+    """The fastest of ``reps`` timed calls of ``fn``, in seconds."""
     best = float("inf")
     for _ in range(reps):
         t0 = time.perf_counter()
@@ -125,7 +126,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|")
     for type_name in args.types:
         codecs.quantize(w[:8], type_name, importance)  # warm tables and the thread pool
-        ours = w.size / _best(lambda: codecs.quantize(w, type_name, importance), args.reps) / 1e6
+        ours = w.size / best_seconds(lambda: codecs.quantize(w, type_name, importance), args.reps) / 1e6
         if lib is None:
             print(f"| {type_name} | {ours:.1f} | | |")
             continue
@@ -135,7 +136,7 @@ def main() -> None:
             print(f"| {type_name} | {ours:.1f} | (needs an imatrix) | |")
             continue
         lib.ggml_quantize_init(int(GGMLQuantizationType[type_name]))
-        theirs = w.size / _best(lambda: ggml_quantize(lib, w, type_name, importance, args.threads), args.reps) / 1e6
+        theirs = w.size / best_seconds(lambda: ggml_quantize(lib, w, type_name, importance, args.threads), args.reps) / 1e6
         errors = [_weighted_error(w, codecs.dequantize(q, type_name, w.shape), importance)
                   for q in (codecs.quantize(w, type_name, importance), ggml_quantize(lib, w, type_name, importance, 1))]
         print(f"| {type_name} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f}x | {errors[0] / errors[1]:.3f} |",

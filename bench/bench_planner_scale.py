@@ -43,11 +43,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench_pack import best_seconds  # noqa: E402
+
 SHAPES = {  # the published configs' sizes
     "llama-3.1-8b": dict(n_layers=32, hidden=4096, ffn=14336, n_heads=32, n_kv_heads=8, vocab=128256),
     "llama-3.1-70b": dict(n_layers=80, hidden=8192, ffn=28672, n_heads=64, n_kv_heads=8, vocab=128256),
 }
 ROWS = 64  # rows per round-trip timing sample
+REPS = 2  # timings are the best of this many runs
 TOKENS = 256  # tokens per forward timing (2 x 128)
 PLANNER_TOKENS = 8 * 128  # planner.measurement samples x seq_len
 TYPES_PER_PROBED_TENSOR = 5
@@ -61,15 +64,6 @@ def gguf_tensors(s: dict) -> list[tuple[str, int, int]]:
              ("ffn_gate", s["ffn"], h), ("ffn_up", s["ffn"], h), ("ffn_down", h, s["ffn"])]
     out = [("token_embd.weight", s["vocab"], h), ("output.weight", s["vocab"], h)]
     return out + [(f"blk.{i}.{n}.weight", r, c) for i in range(s["n_layers"]) for n, r, c in layer]
-
-
-def _best(fn, reps: int = 2) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def codec_seconds_per_weight(types: list[str], widths: set[int]) -> dict[str, dict]:
@@ -92,11 +86,11 @@ def codec_seconds_per_weight(types: list[str], widths: set[int]) -> dict[str, di
             proxy_error(w, w_hat, imp, rows)
             fisher_kld(sens, w, w_hat, rows)
 
-        out["errors"][width] = _best(errors) / w.size
+        out["errors"][width] = best_seconds(errors, REPS) / w.size
         for t in types:
             round_trip(w[:2], t, imp)
-            out["round_trip"][(t, width)] = _best(lambda: round_trip(w, t, imp)) / w.size
-            out["quantize"][(t, width)] = _best(lambda: codecs.quantize(w, t, imp)) / w.size
+            out["round_trip"][(t, width)] = best_seconds(lambda: round_trip(w, t, imp), REPS) / w.size
+            out["quantize"][(t, width)] = best_seconds(lambda: codecs.quantize(w, t, imp), REPS) / w.size
     return out
 
 
@@ -114,7 +108,7 @@ def ggml_seconds_per_weight(types: set[str], widths: set[int], threads: int) -> 
         imp = rng.lognormal(0.0, 1.0, width).astype(np.float32)
         for t in sorted(types):
             lib.ggml_quantize_init(int(GGMLQuantizationType[t]))
-            rates[(t, width)] = _best(lambda: ggml_quantize(lib, w, t, imp, threads)) / w.size
+            rates[(t, width)] = best_seconds(lambda: ggml_quantize(lib, w, t, imp, threads), REPS) / w.size
     return rates
 
 
@@ -149,8 +143,8 @@ def layer_seconds(s: dict) -> dict[str, float]:
 
     with torch.inference_mode():
         forward()
-        f_layer = _best(forward)
-    fb_layer = _best(forward_backward)
+        f_layer = best_seconds(forward, REPS)
+    fb_layer = best_seconds(forward_backward, REPS)
     del layer
     head = torch.nn.Linear(s["hidden"], s["vocab"], bias=False)
     torch.nn.init.normal_(head.weight, std=0.02)
@@ -168,8 +162,8 @@ def layer_seconds(s: dict) -> dict[str, float]:
         head.zero_grad(set_to_none=True)
         h.grad = None
 
-    return {"f_layer": f_layer, "fb_layer": fb_layer, "f_head": _best(head_forward),
-            "fb_head": _best(head_forward_backward)}
+    return {"f_layer": f_layer, "fb_layer": fb_layer, "f_head": best_seconds(head_forward, REPS),
+            "fb_head": best_seconds(head_forward_backward, REPS)}
 
 
 def q4_k_m_types(s: dict) -> dict[str, str]:

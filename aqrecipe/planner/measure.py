@@ -225,13 +225,14 @@ class _Measuring:
             w = self._weight(info)
         imp, weight = self.importance(info.gguf_name), self.error_weight(info.gguf_name)
         energy = row_energy(w, weight)
+        sens_energy = fisher_energy(sens, w) if with_fisher else None
         n_groups = len(imp) if imp is not None and np.ndim(imp) == 2 else 1
-        sample = sample_rows(fisher_energy(sens, w) if with_fisher else energy, n_groups, self.spec.sample_rows)
+        sample = sample_rows(energy if sens_energy is None else sens_energy, n_groups, self.spec.sample_rows)
         proxy_rows = fisher_rows = None
         if sample is not None:
             proxy_rows = sample.row_weights(energy)
             if with_fisher:
-                fisher_rows = sample.row_weights(fisher_energy(sens, w))
+                fisher_rows = sample.row_weights(sens_energy)
                 sens = sens[sample.rows]
             w = w[sample.rows]
         proxies, fishers = {}, {}

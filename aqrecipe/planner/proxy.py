@@ -38,13 +38,10 @@ def proxy_error(w: np.ndarray, w_hat: np.ndarray, weight: np.ndarray | None,
     """The normalised imatrix-weighted squared error (0 for a lossless round trip); a 2-D ``weight``
     weighs each expert's rows with its own row (see :func:`round_trip`). ``row_weights``: what each
     row counts for when ``w`` holds a :class:`RowSample`'s rows."""
-    n_groups = len(weight) if weight is not None and np.ndim(weight) == 2 else 1
-    w = np.asarray(w, dtype=np.float64).reshape(n_groups, -1, w.shape[-1])
-    d = w - np.asarray(w_hat, dtype=np.float64).reshape(w.shape)
-    a = np.broadcast_to(1.0 if weight is None else np.asarray(weight, dtype=np.float64), (n_groups, w.shape[-1]))
-    r = np.ones(w.shape[:2]) if row_weights is None else np.asarray(row_weights, dtype=np.float64).reshape(w.shape[:2])
-    num = float(np.einsum("grc,gc,gr->", d * d, a, r))
-    den = float(np.einsum("grc,gc,gr->", w * w, a, r))
+    w = np.asarray(w, dtype=np.float64).reshape(-1, np.shape(w)[-1])
+    r = np.ones(len(w)) if row_weights is None else np.asarray(row_weights, dtype=np.float64)
+    num = float(row_energy(w - np.asarray(w_hat, dtype=np.float64).reshape(w.shape), weight) @ r)
+    den = float(row_energy(w, weight) @ r)
     return num / den if den > 0 else 0.0
 
 
@@ -108,8 +105,8 @@ def sample_rows(energy: np.ndarray, n_groups: int, limit: int) -> RowSample | No
 
 
 def row_energy(w: np.ndarray, weight: np.ndarray | None) -> np.ndarray:
-    """Per row, the denominator of :func:`proxy_error`: ``Σ_c a[c] W[r, c]²`` (a 2-D ``weight``: each
-    expert's rows with its own row)."""
+    """Per row, ``Σ_c a[c] W[r, c]²`` (a 2-D ``weight``: each expert's rows with its own row): the
+    denominator of :func:`proxy_error`, and of its numerator with the round trip's error for ``W``."""
     n_groups = len(weight) if weight is not None and np.ndim(weight) == 2 else 1
     w = np.asarray(w, dtype=np.float64).reshape(n_groups, -1, w.shape[-1])
     a = np.broadcast_to(1.0 if weight is None else np.asarray(weight, dtype=np.float64), (n_groups, w.shape[-1]))
